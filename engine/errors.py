@@ -1,0 +1,81 @@
+"""One exception root for everything Certus reports to a user.
+
+The CLI catches only :class:`EngineError`, prints :meth:`EngineError.diagnostics` as one
+line and exits with :attr:`EngineError.exit_code`. Foreign exceptions (YAML, Hydra, DVC,
+nacl, OSError) are wrapped at the adapter boundary with ``raise ... from``.
+"""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Root of every error Certus raises on purpose."""
+
+    exit_code = 1
+
+    def diagnostics(self) -> str:
+        return str(self)
+
+
+class SpecError(EngineError):
+    """The pipeline spec (or a config it refers to) is invalid."""
+
+    exit_code = 2
+
+
+class ConfigError(EngineError):
+    """Hydra composition or an override failed."""
+
+    exit_code = 2
+
+
+class GraphError(SpecError):
+    """The stage graph is invalid: a cycle, an output declared twice, a missing dep."""
+
+
+class WorkspaceError(EngineError):
+    """The workspace is not usable: no spec, a lock held by another process, a bad path."""
+
+
+class LockHeldError(WorkspaceError):
+    """Another coordinator holds the workspace lock."""
+
+    exit_code = 3
+
+
+class CacheError(EngineError):
+    """The content-addressed cache lacks an object or holds a corrupted one."""
+
+
+class HashMismatchError(CacheError):
+    """A cache object or file does not hash to what it is recorded as."""
+
+
+class StageFailedError(EngineError):
+    """One or more stage commands exited non-zero."""
+
+
+class InterruptedRunError(EngineError):
+    """The run was interrupted (Ctrl-C / SIGTERM); finished stages were kept."""
+
+    exit_code = 130
+
+
+class SignatureError(EngineError):
+    """A signature is missing, malformed, or does not verify under the expected key."""
+
+
+class KeyError_(EngineError):
+    """A key file is missing, unreadable, or its passphrase is wrong."""
+
+
+class LedgerError(EngineError):
+    """The ledger is malformed, torn, or inconsistent with a checkpoint."""
+
+
+class VerificationError(EngineError):
+    """``certus verify`` found problems; the message lists them."""
+
+
+class DatasetError(EngineError):
+    """A dataset is unknown, unapproved, modified, expired, or not allowed for a stage."""
