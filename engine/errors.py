@@ -79,3 +79,50 @@ class VerificationError(EngineError):
 
 class DatasetError(EngineError):
     """A dataset is unknown, unapproved, modified, expired, or not allowed for a stage."""
+
+
+# --- signing, envelopes and trust (engine.dsse, engine.signing, engine.trust) ---------------
+
+
+class EnvelopeFormatError(SignatureError):
+    """A DSSE envelope is not well-formed JSON of the standard shape."""
+
+
+class UnknownKeyError(SignatureError):
+    """A signature names a key that the verifier does not trust."""
+
+
+class BadSignatureError(SignatureError):
+    """A signature does not verify under the key it names."""
+
+
+class PayloadTypeError(SignatureError):
+    """An envelope's payloadType is not the one the verifier expects."""
+
+
+class TrustFileError(SignatureError):
+    """The trust file is malformed, or a change to it would be invalid."""
+
+
+class KeyRoleError(SignatureError):
+    """A trusted key signed something its roles do not allow."""
+
+
+class KeyNotValidError(SignatureError):
+    """A signature was made outside its key's not_before / not_after window."""
+
+
+class KeyRevokedError(SignatureError):
+    """A signature was made at or after its key's revocation."""
+
+
+class WrongPassphraseError(KeyError_):
+    """A key file's passphrase does not open it."""
+
+
+class KeyFileExistsError(KeyError_):
+    """A key file is already there; keys are never overwritten."""
+
+
+class KeyFilePermissionError(KeyError_):
+    """A private key file is readable or writable by group or others."""

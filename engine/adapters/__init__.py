@@ -1,0 +1,1 @@
+"""Thin adapters around the outside world: Hydra, DVC, subprocesses, the file system."""

@@ -1,0 +1,41 @@
+"""``certus checkout``: make the workspace match ``certus.lock`` from the cache."""
+
+from __future__ import annotations
+
+import os
+
+from engine.cache import ObjectCache
+from engine.digest import Digest
+from engine.hashing import Hasher
+from engine.lockfile import LockFile
+from engine.state import StatCache
+from engine.workspace import Workspace, WorkspaceLock
+
+__all__ = ["checkout"]
+
+
+def checkout(ws: Workspace, *, targets: list[str] | None = None, force: bool = False) -> tuple[list[str], list[str]]:
+    """Restore missing outputs (and modified ones with ``force``); returns (restored, left alone)."""
+    lock = LockFile.load(ws.lock_path)
+    wanted: dict[str, dict[str, object]] = {}
+    for name, entry in sorted(lock.stages.items()):
+        for path, rec in entry.outs.items():
+            if not targets or name in targets or name.split("@")[0] in targets or path in targets:
+                wanted[path] = rec
+    state = StatCache(os.path.join(ws.dot, "state.db"))
+    hasher = Hasher(ws.root, state=state)
+    cache = ObjectCache(os.path.join(ws.dot, "cache"))
+    restored, kept = [], []
+    with WorkspaceLock(ws).held(command="checkout"):
+        have = hasher.hash_many(list(wanted))
+        for path, rec in sorted(wanted.items()):
+            e = have[path]
+            if e is not None and str(e.digest) == rec["digest"]:
+                continue
+            if e is not None and not force:
+                kept.append(path)
+                continue
+            cache.checkout(ws.root, path, Digest.parse(str(rec["digest"])), str(rec.get("kind", "file")))
+            restored.append(path)
+    state.flush()
+    return restored, kept

@@ -1,0 +1,151 @@
+"""Content hashing of workspace files and directories (SHA-256).
+
+A file's digest is SHA-256 of its bytes. A directory's digest is SHA-256 of its manifest:
+the canonical JSON of the sorted list of ``[relative path, file hex digest]`` pairs, so it
+depends on names and contents, not on timestamps or the order the disk lists entries.
+The manifest bytes are also what the cache stores for a directory, so a directory output
+can be restored from its digest alone.
+
+Files are hashed concurrently on a thread pool (hashlib releases the GIL while it hashes),
+and the stat cache means a file whose inode, size and mtime are unchanged is not read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat as stat_mod
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from engine.canonical import canonical_bytes
+from engine.digest import Digest
+from engine.state import NoopState, StateStore
+
+__all__ = ["Entry", "Hasher", "dir_manifest_bytes", "file_digest"]
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """The hashed state of one path: a file, or a directory with its manifest."""
+
+    digest: Digest
+    size: int
+    kind: str = "file"  # "file" | "dir"
+    files: tuple[tuple[str, str, int], ...] = ()  # dir only: (relpath, hex, size), sorted
+
+    def to_lock(self) -> dict[str, object]:
+        d: dict[str, object] = {"digest": str(self.digest), "size": self.size}
+        if self.kind == "dir":
+            d["kind"] = "dir"
+            d["nfiles"] = len(self.files)
+        return d
+
+
+def file_digest(path: str) -> str:
+    """Hex SHA-256 of a file, read in large chunks."""
+    with open(path, "rb", buffering=0) as f:
+        if hasattr(hashlib, "file_digest"):
+            return hashlib.file_digest(f, "sha256").hexdigest()
+        h = hashlib.sha256()
+        buf = bytearray(_CHUNK)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            h.update(view[:n])
+        return h.hexdigest()
+
+
+def dir_manifest_bytes(files: Iterable[tuple[str, str, int]]) -> bytes:
+    """Canonical manifest of a directory: sorted ``[relpath, hex]`` pairs."""
+    return canonical_bytes(sorted([rel, hexd] for rel, hexd, _ in files))
+
+
+class Hasher:
+    """Hashes workspace paths through a stat cache; counts the bytes it actually read."""
+
+    def __init__(self, root: str, *, state: StateStore | None = None, jobs: int | None = None) -> None:
+        self.root = root
+        self.state: StateStore = state or NoopState()
+        self.jobs = max(1, jobs or os.cpu_count() or 1)
+        self.bytes_read = 0
+        self.files_read = 0
+
+    def _walk(self, rel: str) -> list[tuple[str, os.stat_result]]:
+        out: list[tuple[str, os.stat_result]] = []
+        stack = [rel]
+        while stack:
+            cur = stack.pop()
+            with os.scandir(os.path.join(self.root, cur)) as it:
+                for e in it:
+                    r = f"{cur}/{e.name}"
+                    st = e.stat()
+                    if stat_mod.S_ISDIR(st.st_mode):
+                        stack.append(r)
+                    elif stat_mod.S_ISREG(st.st_mode):
+                        out.append((r, st))
+        return out
+
+    def hash_many(self, rels: Iterable[str]) -> dict[str, Entry | None]:
+        """Hash several workspace-relative paths; ``None`` for a missing path."""
+        result: dict[str, Entry | None] = {}
+        todo: dict[str, tuple[str, os.stat_result]] = {}  # file rel -> (abs, stat)
+        dirs: dict[str, list[tuple[str, os.stat_result]]] = {}
+        files: dict[str, os.stat_result] = {}
+        for rel in dict.fromkeys(rels):
+            try:
+                st = os.stat(os.path.join(self.root, rel))
+            except (FileNotFoundError, NotADirectoryError):
+                result[rel] = None
+                continue
+            if stat_mod.S_ISDIR(st.st_mode):
+                dirs[rel] = self._walk(rel)
+                members = dirs[rel]
+            else:
+                files[rel] = st
+                members = [(rel, st)]
+            for r, s in members:
+                todo[r] = (os.path.join(self.root, r), s)
+        known: dict[str, str] = {}
+        misses: list[tuple[str, str, os.stat_result]] = []
+        for r, (ab, s) in todo.items():
+            key = (s.st_ino, s.st_size, s.st_mtime_ns)
+            hexd = self.state.get(r, key)
+            if hexd is None:
+                misses.append((r, ab, s))
+            else:
+                known[r] = hexd
+        if misses:
+            def work(item: tuple[str, str, os.stat_result]) -> tuple[str, str, os.stat_result]:
+                r, ab, s = item
+                return r, file_digest(ab), s
+
+            if len(misses) == 1 or self.jobs == 1:
+                done = list(map(work, misses))
+            else:
+                # big files first so one large file does not finish last on its own
+                misses.sort(key=lambda m: -m[2].st_size)
+                with ThreadPoolExecutor(max_workers=min(self.jobs, len(misses))) as pool:
+                    done = list(pool.map(work, misses))
+            for r, hexd, s in done:
+                known[r] = hexd
+                self.bytes_read += s.st_size
+                self.files_read += 1
+                self.state.put(r, (s.st_ino, s.st_size, s.st_mtime_ns), hexd)
+        for rel, st in files.items():
+            result[rel] = Entry(digest=Digest(known[rel]), size=st.st_size)
+        for rel, members in dirs.items():
+            plen = len(rel) + 1
+            manifest = tuple(sorted((r[plen:], known[r], s.st_size) for r, s in members))
+            result[rel] = Entry(
+                digest=Digest(hashlib.sha256(dir_manifest_bytes(manifest)).hexdigest()),
+                size=sum(m[2] for m in manifest),
+                kind="dir",
+                files=manifest,
+            )
+        return result
+
+    def hash_path(self, rel: str) -> Entry | None:
+        return self.hash_many([rel])[rel]

@@ -1,0 +1,425 @@
+"""``certus repro``: the coordinator that brings outputs up to date.
+
+Stages are taken in topological order (ties by name) and each one is decided when all
+its upstream stages have finished: up to date (skip), key seen before (restore from the
+run cache without running), or run. Because the decision uses the digests the upstream
+outputs actually have, a re-run whose outputs come out identical stops the cascade there
+(early cutoff). Independent stages run concurrently on the executor (``-j N``).
+
+The coordinator is the one writer: executors only run commands; this module hashes
+outputs, stores them in the cache, records the run cache and rewrites ``certus.lock``
+(atomically, after each finished stage). An interrupted or failed stage never reaches
+the cache or the lock, so the next ``repro`` re-runs exactly what did not finish.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from engine.cache import ObjectCache, RunCache, remove_path
+from engine.digest import Digest
+from engine.errors import InterruptedRunError, StageFailedError
+from engine.executor import Executor, JobResult, StageJob
+from engine.fsutil import atomic_write
+from engine.hashing import Entry, Hasher
+from engine.lockfile import LockFile
+from engine.plan import lock_entry
+from engine.spec import StageSpec
+from engine.state import StatCache
+from engine.status import evaluate
+from engine.workspace import Workspace, WorkspaceLock
+
+__all__ = ["ReproOptions", "ReproResult", "StageOutcome", "Repro", "new_run_id", "nested_params"]
+
+OK_STATES = ("ran", "restored", "skipped")
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
+
+
+def nested_params(params: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    """``[("train.C", 0.5)]`` -> ``{"train": {"C": 0.5}}``: what a stage script reads."""
+    out: dict[str, Any] = {}
+    for key, value in params:
+        cur = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+        cur[parts[-1]] = value
+    return out
+
+
+@dataclass
+class ReproOptions:
+    targets: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+    pipeline: str | None = None
+    downstream: bool = False
+    single: bool = False
+    force: bool = False
+    dry: bool = False
+    jobs: int = 0
+    wait: bool = False
+    run_cache: bool = True
+    check_determinism: str | None = None
+
+
+@dataclass
+class StageOutcome:
+    name: str
+    state: str  # ran | restored | skipped | failed | blocked | interrupted
+    key: str = ""
+    reasons: tuple[str, ...] = ()
+    deps: dict[str, str] = field(default_factory=dict)
+    outs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    started: float = 0.0
+    finished: float = 0.0
+    returncode: int | None = None
+    log_path: str = ""
+    error: str = ""
+    first_run: str = ""  # for restored stages: the run that first produced these outputs
+
+
+@dataclass
+class ReproResult:
+    run_id: str
+    config: dict[str, Any]
+    overrides: list[str]
+    spec_path: str
+    outcomes: dict[str, StageOutcome]
+    started: float
+    finished: float = 0.0
+    status: str = "succeeded"  # succeeded | failed | interrupted
+
+    def count(self, state: str) -> int:
+        return sum(1 for o in self.outcomes.values() if o.state == state)
+
+
+class Progress:
+    """One line per change: done/running/pending, on stderr."""
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total = total
+        self.stream = stream
+
+    def show(self, done: int, running: int, pending: int, event: str) -> None:
+        self.stream.write(f"[certus] {done}/{self.total} done, {running} running, {pending} pending — {event}\n")
+        self.stream.flush()
+
+
+class Repro:
+    """One ``repro`` invocation over a loaded workspace."""
+
+    def __init__(self, ws: Workspace, opts: ReproOptions, *, out: TextIO | None = None,
+                 err: TextIO | None = None, executor_factory: Callable[..., Executor] | None = None) -> None:
+        self.ws = ws
+        self.opts = opts
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.executor_factory = executor_factory
+        self.config, self.spec, self.dag = ws.load(opts.overrides, opts.pipeline)
+        certus_cfg = self.config.get("certus") if isinstance(self.config.get("certus"), dict) else {}
+        links = (certus_cfg or {}).get("cache", {}).get("link_types") if certus_cfg else None
+        self.cache = ObjectCache(os.path.join(ws.dot, "cache"), link_types=links or ("reflink", "hardlink", "copy"))
+        self.runs = RunCache(os.path.join(ws.dot, "runs"))
+        self.state = StatCache(os.path.join(ws.dot, "state.db"))
+        self.jobs = opts.jobs or os.cpu_count() or 1
+        self.hasher = Hasher(ws.root, state=self.state, jobs=self.jobs)
+        self.run_id = new_run_id()
+        self.lock = LockFile.load(ws.lock_path)
+        self.lock.pipeline = self.spec.path
+        self._last_save = 0.0
+        self._dirty = False
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _save_lock(self, force: bool = False) -> None:
+        if not self._dirty:
+            return
+        now = time.monotonic()
+        if force or now - self._last_save > 0.25:
+            self.lock.save()
+            self._last_save = now
+            self._dirty = False
+
+    def _source_date_epoch(self) -> str:
+        try:
+            out = subprocess.run(["git", "log", "-1", "--format=%ct"], cwd=self.ws.root, capture_output=True,
+                                 text=True, timeout=10)
+            if out.returncode == 0 and out.stdout.strip().isdigit():
+                return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+        return "0"
+
+    def _job(self, st: StageSpec, sde: str) -> StageJob:
+        params_path = os.path.join(self.ws.dot, "tmp", "params", f"{st.name}.json")
+        atomic_write(params_path, json.dumps(nested_params(st.params), sort_keys=True, indent=2).encode(),
+                     sync=False)
+        env = dict(os.environ)
+        env.update({
+            "PYTHONHASHSEED": "0", "TZ": "UTC", "LC_ALL": "C.UTF-8", "SOURCE_DATE_EPOCH": sde,
+            "CERTUS_PARAMS": params_path, "CERTUS_STAGE": st.name, "CERTUS_RUN_ID": self.run_id,
+            "CERTUS_WORKSPACE": self.ws.root,
+        })
+        env.update(st.env_dict())
+        log = os.path.join(self.ws.dot, "logs", self.run_id, f"{st.name}.log")
+        return StageJob(name=st.name, cmd=st.cmd, cwd=self.ws.root, env=env, log_path=log)
+
+    def _prepare_outs(self, st: StageSpec) -> None:
+        """Delete declared outputs so the command writes new files, never into a cache inode."""
+        for o in st.all_outs:
+            remove_path(self.ws.p(o))
+            os.makedirs(os.path.dirname(self.ws.p(o)) or self.ws.root, exist_ok=True)
+
+    def _restore(self, st: StageSpec, outs_rec: dict[str, dict[str, Any]], have: dict[str, Entry | None]) -> None:
+        for p, rec in outs_rec.items():
+            e = have.get(p)
+            if e is not None and str(e.digest) == rec["digest"]:
+                continue
+            self.cache.checkout(self.ws.root, p, Digest.parse(rec["digest"]), rec.get("kind", "file"))
+
+    def _log_tail(self, path: str, n: int = 15) -> str:
+        try:
+            with open(path, "rb") as f:
+                lines = f.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join("    " + ln for ln in lines[-n:])
+
+    def _make_executor(self, on_groups: Callable[[list[dict[str, int]]], None]) -> Executor:
+        if self.executor_factory is not None:
+            return self.executor_factory(self.jobs, on_groups=on_groups)
+        from engine.adapters.local import LocalExecutor
+
+        return LocalExecutor(self.jobs, echo=self.out, on_groups=on_groups)
+
+    # -- finishing a stage -----------------------------------------------------------------
+
+    def _finish(self, st: StageSpec, res: JobResult, pre_deps: dict[str, Entry | None], key: Digest,
+                oc: StageOutcome) -> None:
+        oc.started, oc.finished, oc.returncode, oc.log_path = res.started, res.finished, res.returncode, res.log_path
+        if res.returncode != 0:
+            oc.state = "failed"
+            oc.error = f"exit status {res.returncode}"
+            return
+        outs = self.hasher.hash_many(st.all_outs)
+        missing = [p for p, e in outs.items() if e is None]
+        if missing:
+            oc.state = "failed"
+            oc.error = f"did not produce declared output(s): {', '.join(missing)}"
+            return
+        post = self.hasher.hash_many(st.deps)
+        changed = [p for p in st.deps if (post[p] and str(post[p].digest)) != (pre_deps[p] and str(pre_deps[p].digest))]
+        if changed:
+            for p in changed:  # a dep hardlinked to the cache may have been written through
+                e = pre_deps[p]
+                if e is not None and self.cache.has(e.digest):
+                    with contextlib.suppress(Exception):
+                        self.cache.check(e.digest)
+                        continue
+                    self.cache.quarantine(e.digest)
+            oc.state = "failed"
+            oc.error = f"modified its dependency in place: {', '.join(changed)}; write new files instead"
+            return
+        real_outs = {p: e for p, e in outs.items() if e is not None}
+        for p, e in real_outs.items():
+            self.cache.add(self.ws.root, p, e)
+        entry = lock_entry(st, key, pre_deps, real_outs)
+        self.runs.put(key, {"stage": st.name, "outs": entry.outs, "run_id": self.run_id})
+        self.lock.set(st.name, entry)
+        self._dirty = True
+        oc.state = "ran"
+        oc.outs = entry.outs
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def plan_names(self) -> list[str]:
+        return self.dag.select(self.opts.targets, downstream=self.opts.downstream, single=self.opts.single)
+
+    def dry_run(self) -> list[tuple[str, str, tuple[str, ...]]]:
+        """(stage, verdict, reasons) without running or writing anything."""
+        names = self.plan_names()
+        will: set[str] = set()
+        rows = []
+        for n in names:
+            st = self.spec[n]
+            ev = evaluate(st, self.hasher, self.lock)
+            ups = [u for u in self.dag.upstream(n) if u in will]
+            if ups:
+                rows.append((n, "may run", (f"upstream will run: {', '.join(ups)}",) + ev.reasons))
+                will.add(n)
+            elif self.opts.force or ev.reasons:
+                rec = None if self.opts.force or st.always_changed else self.runs.get(Digest.parse(ev.key))
+                if rec and all(self.cache.complete(Digest.parse(r["digest"]), r.get("kind", "file"))
+                               for r in rec["outs"].values()):
+                    rows.append((n, "restore", ev.reasons + ("known key: restore from run cache",)))
+                else:
+                    rows.append((n, "run", ev.reasons or ("forced",)))
+                will.add(n)
+            else:
+                rows.append((n, "up to date", ()))
+        return rows
+
+    def run(self) -> ReproResult:
+        names = self.plan_names()
+        result = ReproResult(run_id=self.run_id, config=self.config, overrides=list(self.opts.overrides),
+                             spec_path=self.spec.path, outcomes={}, started=time.time())
+        selected = set(names)
+        progress = Progress(len(names), self.err)
+        wslock = WorkspaceLock(self.ws)
+        wslock.acquire(wait=self.opts.wait, command="repro")
+        executor: Executor | None = None
+        running: dict[Future[JobResult], tuple[StageSpec, dict[str, Entry | None], Digest, StageOutcome]] = {}
+        pending = list(names)
+        prev_handler = None
+        with contextlib.suppress(ValueError):  # only the main thread may set handlers
+            prev_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            while pending or running:
+                progressed = False
+                for n in list(pending):
+                    st = self.spec[n]
+                    ups = [u for u in self.dag.upstream(n) if u in selected]
+                    states = [result.outcomes[u].state if u in result.outcomes else None for u in ups]
+                    if any(s in ("failed", "blocked") for s in states):
+                        bad = [u for u, s in zip(ups, states) if s in ("failed", "blocked")]
+                        result.outcomes[n] = StageOutcome(n, "blocked", error=f"upstream failed: {', '.join(bad)}")
+                        pending.remove(n)
+                        progressed = True
+                        continue
+                    if not all(s in OK_STATES for s in states):
+                        continue
+                    pending.remove(n)
+                    progressed = True
+                    verdict = self._decide_and_start(st, running, result, lambda: executor)
+                    if verdict == "need-executor":
+                        executor = self._make_executor(wslock.record_running)
+                        self._decide_and_start(st, running, result, lambda: executor)
+                    self._report(progress, result, running, pending, n)
+                if running:
+                    done, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        st, pre, key, oc = running.pop(fut)
+                        self._finish(st, fut.result(), pre, key, oc)
+                        self._save_lock()
+                        if oc.state == "failed":
+                            self.err.write(f"[certus] stage '{st.name}' failed: {oc.error}\n")
+                            tail = self._log_tail(oc.log_path)
+                            if tail:
+                                self.err.write(f"[certus] last lines of {os.path.relpath(oc.log_path, self.ws.root)}:"
+                                               f"\n{tail}\n")
+                        self._report(progress, result, running, pending, f"{st.name} {oc.state}")
+                elif not progressed and pending:
+                    raise RuntimeError(f"scheduler stuck with pending stages {pending}")  # pragma: no cover
+        except KeyboardInterrupt:
+            if executor is not None:
+                executor.terminate_all()
+            for _, _, _, oc in running.values():
+                oc.state = "interrupted"
+            for n in pending:
+                result.outcomes[n] = StageOutcome(n, "interrupted")
+            result.status = "interrupted"
+            result.finished = time.time()
+            self._save_lock(force=True)
+            self.state.flush()
+            self._after(result)
+            raise InterruptedRunError(
+                f"interrupted: {result.count('ran') + result.count('restored')} stage(s) finished and were kept; "
+                "run 'certus repro' again to finish the rest"
+            ) from None
+        finally:
+            if executor is not None:
+                executor.shutdown()
+            self._save_lock(force=True)
+            self.state.flush()
+            if prev_handler is not None:
+                with contextlib.suppress(ValueError):
+                    signal.signal(signal.SIGTERM, prev_handler)
+            wslock.record_running([])
+            wslock.release()
+        result.finished = time.time()
+        failed = [o for o in result.outcomes.values() if o.state == "failed"]
+        if failed:
+            result.status = "failed"
+        self._after(result)
+        if failed:
+            blocked = [o.name for o in result.outcomes.values() if o.state == "blocked"]
+            extra = f"; not run because of it: {', '.join(blocked)}" if blocked else ""
+            raise StageFailedError(
+                f"stage(s) failed: {', '.join(f'{o.name} ({o.error})' for o in failed)}{extra}; "
+                f"logs under .certus/logs/{self.run_id}/"
+            )
+        return result
+
+    def _after(self, result: ReproResult) -> None:
+        """Hook for what follows a run (provenance); the base run does nothing more."""
+
+    def _report(self, progress: Progress, result: ReproResult, running: dict[Any, Any], pending: list[str],
+                event: str) -> None:
+        done = sum(1 for o in result.outcomes.values() if o.state in OK_STATES + ("failed", "blocked"))
+        progress.show(done, len(running), len(pending), event)
+
+    def _decide_and_start(self, st: StageSpec, running: dict[Any, Any], result: ReproResult,
+                          get_executor: Callable[[], Executor | None]) -> str:
+        ev = evaluate(st, self.hasher, self.lock)
+        key = Digest.parse(ev.key)
+        oc = StageOutcome(st.name, "pending", key=ev.key, reasons=ev.reasons,
+                          deps={p: str(e.digest) for p, e in ev.deps.items() if e is not None})
+        missing = [p for p, e in ev.deps.items() if e is None]
+        if missing:
+            oc.state, oc.error = "failed", f"dependency missing: {', '.join(missing)}"
+            result.outcomes[st.name] = oc
+            return "failed"
+        force = self.opts.force
+        if not ev.reasons and not force:
+            oc.state = "skipped"
+            oc.outs = dict(self.lock.get(st.name).outs) if self.lock.get(st.name) else {}
+            result.outcomes[st.name] = oc
+            return "skipped"
+        if self.opts.run_cache and not force and not st.always_changed:
+            rec = self.runs.get(key)
+            if rec and set(rec["outs"]) == set(st.all_outs) and all(
+                self.cache.complete(Digest.parse(r["digest"]), r.get("kind", "file")) for r in rec["outs"].values()
+            ):
+                self._restore(st, rec["outs"], ev.outs)
+                self.lock.set(st.name, lock_entry(st, key, ev.deps, {}))
+                entry = self.lock.get(st.name)
+                assert entry is not None
+                entry.outs.update(rec["outs"])
+                self._dirty = True
+                self._save_lock()
+                oc.state, oc.outs, oc.first_run = "restored", dict(rec["outs"]), rec.get("run_id", "")
+                oc.started = oc.finished = time.time()
+                result.outcomes[st.name] = oc
+                return "restored"
+        executor = get_executor()
+        if executor is None:
+            return "need-executor"
+        self._prepare_outs(st)
+        fut = executor.submit(self._job(st, self._sde_cached()))
+        oc.state = "running"
+        result.outcomes[st.name] = oc
+        running[fut] = (st, ev.deps, key, oc)
+        return "running"
+
+    def _sde_cached(self) -> str:
+        if not hasattr(self, "_sde"):
+            self._sde = self._source_date_epoch()
+        return self._sde
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,112 @@
+"""The stat cache: an unchanged file is never re-read.
+
+A row maps a workspace path to the digest its content had when it had this inode, size
+and mtime_ns. A hit needs all four to match, so any write (which moves mtime) or a replace
+(new inode) forces a re-hash. A file whose mtime is within a clock tick of the moment it
+was hashed is not recorded (git's "racily clean" problem): a same-size write in the same
+tick would otherwise go unseen.
+
+SQLite in WAL mode, so ``certus status`` can read it while a ``repro`` writes it. Rows
+are loaded once per process and written back in one transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from typing import Protocol
+
+__all__ = ["StatCache", "NoopState", "StateStore", "StatKey"]
+
+StatKey = tuple[int, int, int]  # inode, size, mtime_ns
+_RACY_NS = 10_000_000
+
+
+class StateStore(Protocol):
+    def get(self, path: str, key: StatKey) -> str | None: ...
+    def put(self, path: str, key: StatKey, hexdigest: str) -> None: ...
+    def flush(self) -> None: ...
+
+
+class NoopState:
+    """No stat cache: every file is hashed (used by ``verify --artifacts``)."""
+
+    def get(self, path: str, key: StatKey) -> str | None:
+        return None
+
+    def put(self, path: str, key: StatKey, hexdigest: str) -> None:
+        return None
+
+    def flush(self) -> None:
+        return None
+
+
+class StatCache:
+    """SQLite-backed :class:`StateStore` under ``.certus/state.db``."""
+
+    def __init__(self, db_path: str, *, readonly: bool = False) -> None:
+        self.db_path = db_path
+        self.readonly = readonly
+        self._rows: dict[str, tuple[int, int, int, str]] | None = None
+        self._pending: dict[str, tuple[int, int, int, str]] = {}
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+        con.execute("PRAGMA busy_timeout=30000")
+        return con
+
+    def _load(self) -> dict[str, tuple[int, int, int, str]]:
+        if self._rows is None:
+            self._rows = {}
+            if os.path.exists(self.db_path):
+                try:
+                    con = self._connect()
+                    try:
+                        for path, ino, size, mtime, hexd in con.execute(
+                            "SELECT path, ino, size, mtime_ns, digest FROM files"
+                        ):
+                            self._rows[path] = (ino, size, mtime, hexd)
+                    finally:
+                        con.close()
+                except sqlite3.DatabaseError:
+                    self._rows = {}  # a damaged cache is only a slower run
+        return self._rows
+
+    def get(self, path: str, key: StatKey) -> str | None:
+        row = self._load().get(path)
+        if row is not None and row[:3] == key:
+            return row[3]
+        return None
+
+    def put(self, path: str, key: StatKey, hexdigest: str) -> None:
+        if time.time_ns() - key[2] < _RACY_NS:
+            return
+        row = (key[0], key[1], key[2], hexdigest)
+        rows = self._load()
+        if rows.get(path) != row:
+            rows[path] = row
+            self._pending[path] = row
+
+    def flush(self) -> None:
+        if not self._pending or self.readonly:
+            return
+        try:
+            con = self._connect()
+            try:
+                con.execute("PRAGMA journal_mode=WAL")
+                con.execute(
+                    "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, ino INTEGER, size INTEGER,"
+                    " mtime_ns INTEGER, digest TEXT)"
+                )
+                con.execute("BEGIN IMMEDIATE")
+                con.executemany(
+                    "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)",
+                    [(p, *r) for p, r in self._pending.items()],
+                )
+                con.execute("COMMIT")
+            finally:
+                con.close()
+        except sqlite3.OperationalError:
+            return  # busy or read-only file system: the cache is an optimisation
+        self._pending.clear()

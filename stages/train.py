@@ -1,0 +1,31 @@
+"""Fit the configured model (model=logreg or model=gbt) on the training split."""
+
+import os
+import pickle
+import sys
+
+from sklearn.ensemble import GradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from _common import params, read_csv
+
+src, out = sys.argv[1], sys.argv[2]
+p = params()
+model_cfg, train_cfg = p["model"], p["train"]
+header, rows = read_csv(src)
+X = [[float(v) for v in r[:-1]] for r in rows]
+y = [int(r[-1]) for r in rows]
+if model_cfg["name"] == "logreg":
+    clf = LogisticRegression(C=train_cfg["C"], max_iter=model_cfg["max_iter"], random_state=train_cfg["seed"])
+elif model_cfg["name"] == "gbt":
+    clf = GradientBoostingClassifier(n_estimators=model_cfg["n_estimators"], max_depth=model_cfg["max_depth"],
+                                     learning_rate=model_cfg["learning_rate"], random_state=train_cfg["seed"])
+else:
+    sys.exit(f"train: unknown model {model_cfg['name']!r}")
+model = make_pipeline(StandardScaler(), clf).fit(X, y)
+os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+with open(out, "wb") as f:
+    pickle.dump({"features": header[:-1], "model": model}, f, protocol=4)
+print(f"trained {model_cfg['name']} on {len(rows)} rows")
