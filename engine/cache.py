@@ -3,7 +3,8 @@
 Objects live at ``<root>/<hex[:2]>/<hex[2:]>``, are written once (temp file + rename) and
 made read-only. A directory is stored as its files plus its manifest object, whose digest
 is the directory's digest. Outputs are linked into the workspace by the first link type
-that works of the configured list (reflink, hardlink, copy).
+that works of the configured list (default reflink, then copy; hardlink is opt-in via
+``certus.cache.link_types`` and then every restore re-verifies objects whose stat changed).
 
 A stage cannot corrupt the cache through a hardlink: the coordinator deletes a stage's
 declared outputs before the command runs (so it writes new inodes), and checks after the
@@ -29,11 +30,25 @@ from engine.digest import Digest
 from engine.errors import CacheError, HashMismatchError
 from engine.fsutil import atomic_write
 from engine.hashing import Entry, dir_manifest_bytes, file_digest
+from engine.state import StateStore
 
-__all__ = ["ObjectCache", "RunCache", "LINK_TYPES"]
+__all__ = ["ObjectCache", "RunCache", "LINK_TYPES", "DEFAULT_LINK_TYPES"]
 
 LINK_TYPES = ("reflink", "hardlink", "copy")
+# Hardlinks are opt-in: a user editing a hardlinked output in place (as root, whom the
+# read-only mode does not stop) would rewrite the only cached copy of that version.
+DEFAULT_LINK_TYPES = ("reflink", "copy")
 _FICLONE = 0x40049409
+
+
+def link_types_from(config: dict[str, Any]) -> tuple[str, ...]:
+    """``certus.cache.link_types`` from the composed config, or the default."""
+    certus_cfg = config.get("certus")
+    cache_cfg = certus_cfg.get("cache") if isinstance(certus_cfg, dict) else None
+    links = cache_cfg.get("link_types") if isinstance(cache_cfg, dict) else None
+    if isinstance(links, str):
+        links = [t.strip() for t in links.split(",")]
+    return tuple(links) if links else DEFAULT_LINK_TYPES
 
 
 def _reflink(src: str, dst: str) -> None:
@@ -44,14 +59,15 @@ def _reflink(src: str, dst: str) -> None:
 class ObjectCache:
     """Write-once content-addressed storage with workspace linking."""
 
-    def __init__(self, root: str, *, link_types: Sequence[str] = LINK_TYPES) -> None:
+    def __init__(self, root: str, *, link_types: Sequence[str] = DEFAULT_LINK_TYPES,
+                 state: StateStore | None = None) -> None:
         bad = [t for t in link_types if t not in LINK_TYPES]
         if bad or not link_types:
             raise CacheError(f"cache link types {list(link_types)}: expected a list drawn from {LINK_TYPES}")
         self.root = root
         self.link_types = tuple(link_types)
         self._broken: set[str] = set()  # link types that failed here once
-
+        self.state = state
     def path(self, digest: Digest) -> str:
         return os.path.join(self.root, digest.hex[:2], digest.hex[2:])
 
@@ -143,6 +159,24 @@ class ObjectCache:
         if actual != digest.hex:
             raise HashMismatchError(f"cache object {p} hashes to sha256:{actual}, expected {digest}")
 
+    def _verify_linked(self, digest: Digest, rel: str) -> None:
+        """With hardlinks an object may have been written through a workspace link: re-check
+        it unless its stat is unchanged since it was last verified."""
+        p = self.path(digest)
+        st = os.stat(p)
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        tag = "cache:" + digest.hex
+        if self.state is not None and self.state.get(tag, key) == digest.hex:
+            return
+        try:
+            self.check(digest)
+        except HashMismatchError as e:
+            self.quarantine(digest)
+            raise CacheError(f"cannot restore '{rel}': cache object {digest} was modified (written through a "
+                             "hardlink?) and has been removed; re-run the stage that produces it") from e
+        if self.state is not None:
+            self.state.put(tag, key, digest.hex)
+
     def quarantine(self, digest: Digest) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path(digest))
@@ -156,6 +190,8 @@ class ObjectCache:
         for _, d in objects:
             if not self.has(d):
                 raise CacheError(f"cannot restore '{rel}': cache object {d} is missing")
+            if "hardlink" in self.link_types:
+                self._verify_linked(d, rel)
         remove_path(dst)
         if kind == "dir":
             os.makedirs(dst, exist_ok=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from engine.cache import ObjectCache
+from engine.cache import ObjectCache, link_types_from
 from engine.digest import Digest
 from engine.hashing import Hasher
 from engine.lockfile import LockFile
@@ -24,7 +24,7 @@ def checkout(ws: Workspace, *, targets: list[str] | None = None, force: bool = F
                 wanted[path] = rec
     state = StatCache(os.path.join(ws.dot, "state.db"))
     hasher = Hasher(ws.root, state=state)
-    cache = ObjectCache(os.path.join(ws.dot, "cache"))
+    cache = ObjectCache(os.path.join(ws.dot, "cache"), link_types=link_types_from(ws.compose([])), state=state)
     restored, kept = [], []
     with WorkspaceLock(ws).held(command="checkout"):
         have = hasher.hash_many(list(wanted))

@@ -45,6 +45,10 @@ __all__ = ["Envelope", "Signature", "pae", "sign_envelope", "verify_envelope"]
 _WHERE = "DSSE envelope"
 _ENVELOPE_FIELDS = frozenset({"payload", "payloadType", "signatures"})
 _SIGNATURE_FIELDS = frozenset({"keyid", "sig"})
+_JSON_TYPES: dict[type, str] = {
+    dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number",
+    type(None): "null",
+}
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -190,9 +194,9 @@ def verify_envelope(
     verify; when several signatures fail, one error lists them all (sorted) and is of the
     shared subclass, or plain :class:`SignatureError` when the reasons differ.
     """
-    for keyid, key in keys.items():
-        if key.keyid != keyid:
-            raise SignatureError(f"verification keys: {keyid} maps to the key of {key.keyid}")
+    for kid, pk in keys.items():
+        if pk.keyid != kid:
+            raise SignatureError(f"verification keys: {kid} maps to the key of {pk.keyid}")
     if envelope.payload_type != expected_payload_type:
         raise PayloadTypeError(
             f"{_WHERE}: payloadType {envelope.payload_type!r} is not the expected "
@@ -211,12 +215,10 @@ def verify_envelope(
             else:
                 problems.append((f"key {s.keyid}: signature does not verify", BadSignatureError))
             continue
-        match = next((k for k, key in sorted(keys.items()) if _verifies(key, s.sig, message)), None)
+        match = next((k for k, pk in sorted(keys.items()) if _verifies(pk, s.sig, message)), None)
         if match is None:
-            problems.append(
-                (f"signature {i} (no keyid): verifies under none of the {len(keys)} given keys",
-                 BadSignatureError)
-            )
+            reason = f"signature {i} (no keyid): verifies under none of the {len(keys)} given keys"
+            problems.append((reason, BadSignatureError))
         else:
             verified.add(match)
     if problems:
@@ -261,9 +263,7 @@ def _b64_field(data: dict[str, Any], key: str, where: str) -> bytes:
 
 
 def _json_type(value: object) -> str:
-    names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number",
-             float: "number", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
+    return _JSON_TYPES.get(type(value), type(value).__name__)
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

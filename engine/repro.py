@@ -27,7 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from engine.cache import ObjectCache, RunCache, remove_path
+from engine.cache import ObjectCache, RunCache, link_types_from, remove_path
 from engine.digest import Digest
 from engine.errors import InterruptedRunError, StageFailedError
 from engine.executor import Executor, JobResult, StageJob
@@ -130,11 +130,10 @@ class Repro:
         self.err = err or sys.stderr
         self.executor_factory = executor_factory
         self.config, self.spec, self.dag = ws.load(opts.overrides, opts.pipeline)
-        certus_cfg = self.config.get("certus") if isinstance(self.config.get("certus"), dict) else {}
-        links = (certus_cfg or {}).get("cache", {}).get("link_types") if certus_cfg else None
-        self.cache = ObjectCache(os.path.join(ws.dot, "cache"), link_types=links or ("reflink", "hardlink", "copy"))
-        self.runs = RunCache(os.path.join(ws.dot, "runs"))
         self.state = StatCache(os.path.join(ws.dot, "state.db"))
+        self.cache = ObjectCache(os.path.join(ws.dot, "cache"), link_types=link_types_from(self.config),
+                                 state=self.state)
+        self.runs = RunCache(os.path.join(ws.dot, "runs"))
         self.jobs = opts.jobs or os.cpu_count() or 1
         self.hasher = Hasher(ws.root, state=self.state, jobs=self.jobs)
         self.run_id = new_run_id()

@@ -1,0 +1,116 @@
+"""Pure-core units: canonical JSON, digests, hashing, the DAG."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from engine.canonical import CanonicalError, canonical_bytes, es6_number, from_canonical
+from engine.dag import Dag
+from engine.digest import Digest
+from engine.errors import GraphError
+from engine.hashing import Hasher, dir_manifest_bytes
+from engine.spec import load_spec_text
+from engine.state import StatCache
+
+
+@pytest.mark.parametrize("value,text", [
+    (1.0, "1"), (0.5, "0.5"), (1e-7, "1e-7"), (1e21, "1e+21"), (1e20, "100000000000000000000"),
+    (123.456, "123.456"), (1e-6, "0.000001"), (-2.5e30, "-2.5e+30"), (5e-324, "5e-324"), (0.0, "0"),
+    (-0.0, "0"), (333333333.33333329, "333333333.3333333"), (1.7976931348623157e308, "1.7976931348623157e+308"),
+])
+def test_es6_numbers_match_rfc8785(value, text):
+    assert es6_number(value) == text
+
+
+def test_canonical_bytes_sorted_compact_utf8():
+    assert canonical_bytes({"b": [1, 2.0, "x\u2028"], "a": {"é": True, "z": None}}) == \
+        '{"a":{"z":null,"é":true},"b":[1,2,"x\u2028"]}'.encode()
+    assert canonical_bytes({"\u20ac": 1, "\r": 2}) == b'{"\\r":2,"\xe2\x82\xac":1}'
+
+
+def test_canonical_rejects_non_json_and_nan():
+    for bad in ({1: 2}, {"x": float("nan")}, {"x": object()}):
+        with pytest.raises(CanonicalError):
+            canonical_bytes(bad)
+
+
+def test_from_canonical_insists_on_canonical_form():
+    assert from_canonical(b'{"a":1}') == {"a": 1}
+    with pytest.raises(CanonicalError):
+        from_canonical(b'{"a": 1}')
+
+
+def test_digest_type():
+    d = Digest(hashlib.sha256(b"x").hexdigest())
+    assert str(d) == "sha256:" + d.hex and Digest.parse(str(d)) == d
+    with pytest.raises(ValueError):
+        Digest("abc")
+
+
+def test_file_and_directory_hashing(tmp_path):
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "f.bin").write_bytes(b"hello")
+    (tmp_path / "d" / "b.txt").write_bytes(b"B")
+    (tmp_path / "d" / "sub" / "a.txt").write_bytes(b"A")
+    h = Hasher(str(tmp_path), jobs=2)
+    res = h.hash_many(["f.bin", "d", "missing"])
+    assert res["f.bin"].digest.hex == hashlib.sha256(b"hello").hexdigest()
+    assert res["missing"] is None
+    pairs = sorted([["b.txt", hashlib.sha256(b"B").hexdigest()], ["sub/a.txt", hashlib.sha256(b"A").hexdigest()]])
+    expected = hashlib.sha256(json.dumps(pairs, separators=(",", ":")).encode()).hexdigest()
+    assert res["d"].digest.hex == expected and res["d"].kind == "dir"
+    assert dir_manifest_bytes(res["d"].files) == json.dumps(pairs, separators=(",", ":")).encode()
+    # renaming a file inside changes the directory digest; timestamps do not
+    os.utime(tmp_path / "d" / "b.txt", ns=(1, 1))
+    assert Hasher(str(tmp_path)).hash_path("d").digest == res["d"].digest
+    os.rename(tmp_path / "d" / "b.txt", tmp_path / "d" / "c.txt")
+    assert Hasher(str(tmp_path)).hash_path("d").digest != res["d"].digest
+
+
+def test_stat_cache_skips_unchanged_files_and_catches_changes(tmp_path):
+    (tmp_path / "a").write_bytes(b"1" * 1000)
+    old = 1_600_000_000_000_000_000
+    os.utime(tmp_path / "a", ns=(old, old))
+    db = str(tmp_path / "state.db")
+    h1 = Hasher(str(tmp_path), state=StatCache(db))
+    first = h1.hash_path("a")
+    h1.state.flush()
+    h2 = Hasher(str(tmp_path), state=StatCache(db))
+    assert h2.hash_path("a") == first and h2.bytes_read == 0
+    (tmp_path / "a").write_bytes(b"2" * 1000)  # same size, new mtime
+    os.utime(tmp_path / "a", ns=(old + 10**9, old + 10**9))
+    h3 = Hasher(str(tmp_path), state=StatCache(db))
+    assert h3.hash_path("a") != first and h3.bytes_read == 1000
+
+
+def _dag(text: str) -> Dag:
+    return Dag(load_spec_text(text, path="p.yaml", config={}))
+
+
+def test_dag_edges_include_directory_containment_and_order_is_stable():
+    d = _dag("stages:\n"
+             "  z: {cmd: x, outs: [data]}\n"
+             "  y: {cmd: x, deps: [data/part.csv], outs: [y.txt]}\n"
+             "  w: {cmd: x, outs: [other/f.txt]}\n"
+             "  v: {cmd: x, deps: [other], outs: [v.txt]}\n")
+    assert sorted(d.graph.edges) == [("w", "v"), ("z", "y")]
+    assert d.order() == ["w", "v", "z", "y"]
+    assert d.select(["y"]) == ["z", "y"]
+    assert d.select(["z"], downstream=True) == ["z", "y"]
+    assert d.select(["y"], single=True) == ["y"]
+    assert 's0["w"]' in d.to_mermaid() and '"w" -> "v";' in d.to_dot()
+
+
+def test_dag_cycle_names_the_cycle():
+    with pytest.raises(GraphError, match=r"cycle in the stage graph: (a -> b -> c -> a|b -> c -> a -> b|c -> a -> b -> c)"):
+        _dag("stages:\n  a: {cmd: x, deps: [c.txt], outs: [a.txt]}\n  b: {cmd: x, deps: [a.txt], outs: [b.txt]}\n"
+             "  c: {cmd: x, deps: [b.txt], outs: [c.txt]}\n")
+
+
+def test_foreach_family_is_a_target():
+    d = _dag("stages:\n  t:\n    foreach: [a, b]\n    do: {cmd: 'echo ${item}', outs: ['${item}.txt']}\n")
+    assert d.resolve_targets(["t"]) == ["t@a", "t@b"]
