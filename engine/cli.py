@@ -232,6 +232,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-run-cache", action="store_true", help="run even when the stage key was seen before")
     r.add_argument("--check-determinism", metavar="STAGE", help="re-run STAGE and compare its output hashes")
     r.add_argument("--json", action="store_true", help="machine-readable result on stdout")
+    r.add_argument("--key", help="trainer key (name in the key directory, or a .key path); default: CERTUS_KEY")
 
     s = add("status", "what is stale and why (read-only)", cmd_status)
     s.add_argument("args", nargs="*", metavar="TARGET|OVERRIDE")

@@ -323,6 +323,12 @@ class Repro:
                         self._report(progress, result, running, pending, f"{st.name} {oc.state}")
                 elif not progressed and pending:
                     raise RuntimeError(f"scheduler stuck with pending stages {pending}")  # pragma: no cover
+            result.finished = time.time()
+            if any(o.state == "failed" for o in result.outcomes.values()):
+                result.status = "failed"
+            self._save_lock(force=True)
+            self.state.flush()
+            self._after(result)  # still under the workspace lock: provenance appends to the ledger
         except KeyboardInterrupt:
             if executor is not None:
                 executor.terminate_all()
@@ -349,11 +355,7 @@ class Repro:
                     signal.signal(signal.SIGTERM, prev_handler)
             wslock.record_running([])
             wslock.release()
-        result.finished = time.time()
         failed = [o for o in result.outcomes.values() if o.state == "failed"]
-        if failed:
-            result.status = "failed"
-        self._after(result)
         if failed:
             blocked = [o.name for o in result.outcomes.values() if o.state == "blocked"]
             extra = f"; not run because of it: {', '.join(blocked)}" if blocked else ""

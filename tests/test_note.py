@@ -108,8 +108,18 @@ def test_checkpoint_sign_and_verify_round_trip() -> None:
 
 def test_modified_body_is_rejected() -> None:
     bad = PETER_NOTE.replace("cryptography", "Cryptography")
-    with pytest.raises(UnverifiedNoteError, match=re.escape("note: signature by 'PeterNeumann+c74f20a3' does not verify")):
+    message = "note: signature by 'PeterNeumann+c74f20a3' does not verify"
+    with pytest.raises(UnverifiedNoteError, match=re.escape(message)):
         Note.open(bad, [PETER_V])
+
+
+def test_a_failing_known_signature_rejects_the_note() -> None:
+    raw = base64.b64decode(GO["enoch_sig"])
+    bad = base64.b64encode(raw[:-1] + bytes([raw[-1] ^ 1])).decode()
+    note = BOTH_NOTE.replace(GO["enoch_sig"], bad)
+    with pytest.raises(UnverifiedNoteError, match="'EnochRoot\\+af0cfe78' does not verify"):
+        Note.open(note, [PETER_V, ENOCH_V])
+    assert Note.open(note, [PETER_V]).text == GO["text"]  # unknown to this verifier: ignored
 
 
 def test_wrong_key_name_is_unknown_so_unverified() -> None:
@@ -141,7 +151,7 @@ def test_verifier_key_with_wrong_hash_is_rejected() -> None:
 @pytest.mark.parametrize(
     ("vkey", "message"),
     [
-        ("PeterNeumann+c74f20a3", "key ID must be 8 lowercase hex digits"),
+        ("PeterNeumann+c74f20a3", "expected 0x01 followed by a 32-byte Ed25519 key"),
         ("PeterNeumann+C74F20A3+AAAA", "key ID must be 8 lowercase hex digits"),
         ("PeterNeumann+c74f20a3+!!!", "key: not standard base64"),
         ("PeterNeumann+c74f20a3+AAAA", "expected 0x01 followed by a 32-byte Ed25519 key"),
@@ -154,22 +164,28 @@ def test_malformed_verifier_keys(vkey: str, message: str) -> None:
 
 
 SIG = "\u2014 PeterNeumann " + GO["peter_sig"] + "\n"
+TEXT = GO["text"]
+KEY_ID_ONLY = base64.b64encode(bytes.fromhex("c74f20a3")).decode()
+
+
+def sig_block(name: str, b64: str) -> str:
+    return f"\n\u2014 {name} {b64}\n"
 
 
 @pytest.mark.parametrize(
     ("msg", "message"),
     [
-        (GO["text"] + SIG, "note: no blank line before the signatures"),
-        (GO["text"] + "\n", "note: no signature lines"),
+        (TEXT + SIG, "note: no blank line before the signatures"),
+        (TEXT + "\n", "note: no signature lines"),
         (PETER_NOTE[:-1], "note: must end with a newline"),
-        (GO["text"] + "\n- PeterNeumann " + GO["peter_sig"] + "\n", "signature line 1: must start with an em dash"),
-        (GO["text"] + "\n\u2014 PeterNeumann\n", "signature line 1: expected '<key name> <base64 signature>'"),
-        (GO["text"] + "\n\u2014 Peter+Neumann " + GO["peter_sig"] + "\n", "key name 'Peter+Neumann' is invalid"),
-        (GO["text"] + "\n\u2014 PeterNeumann x08go/ZJ\n", "signature is 6 bytes; expected a 4-byte key ID"),
-        (GO["text"] + "\n\u2014 PeterNeumann not*base64\n", "signature line 1: signature: not standard base64"),
-        (GO["text"] + "\n\u2014 PeterNeumann x08go/Z\n", "signature line 1: signature: not standard base64"),
+        (TEXT + "\n- PeterNeumann " + GO["peter_sig"] + "\n", "line 1: must start with an em dash"),
+        (TEXT + "\n\u2014 PeterNeumann\n", "line 1: expected '<key name> <base64 signature>'"),
+        (TEXT + sig_block("Peter+Neumann", GO["peter_sig"]), "key name 'Peter+Neumann' is invalid"),
+        (TEXT + sig_block("PeterNeumann", KEY_ID_ONLY), "signature is 4 bytes; expected a 4-byte key ID"),
+        (TEXT + sig_block("PeterNeumann", "not*base64"), "line 1: signature: not standard base64"),
+        (TEXT + sig_block("PeterNeumann", "x08go/Z"), "line 1: signature: not standard base64"),
         ("tab\there\n" + "\n" + SIG, "note: control character U+0009 is not allowed"),
-        (GO["text"] + "\n" + SIG * 101, "note: 101 signatures; at most 100 are read"),
+        (TEXT + "\n" + SIG * 101, "note: 101 signatures; at most 100 are read"),
     ],
     ids=[
         "no-blank-line",
@@ -200,17 +216,20 @@ def test_sign_rejects_bad_text() -> None:
         Note.sign("no newline", PETER)
 
 
+ZERO = base64.b64encode(b"\0" * 32).decode()
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
         ("origin\n5\n", "checkpoint: 2 lines; expected origin, size, root hash"),
-        ("origin\n05\n" + base64.b64encode(b"\0" * 32).decode() + "\n", "size '05' is not a decimal"),
-        ("origin\n-1\n" + base64.b64encode(b"\0" * 32).decode() + "\n", "size '-1' is not a decimal"),
+        ("origin\n05\n" + ZERO + "\n", "size '05' is not a decimal"),
+        ("origin\n-1\n" + ZERO + "\n", "size '-1' is not a decimal"),
         ("origin\n5\nAAAA\n", "checkpoint: root hash must be 32 bytes"),
         ("origin\n5\n!!\n", "checkpoint: root hash '!!': not standard base64"),
-        ("origin\n5\n" + base64.b64encode(b"\0" * 32).decode(), "checkpoint: text must end with a newline"),
-        ("origin\n5\n" + base64.b64encode(b"\0" * 32).decode() + "\n\n", "extension line '' must be one"),
-        ("\n5\n" + base64.b64encode(b"\0" * 32).decode() + "\n", "checkpoint: origin '' must be one non-empty"),
+        ("origin\n5\n" + ZERO, "checkpoint: text must end with a newline"),
+        ("origin\n5\n" + ZERO + "\n\n", "extension line '' must be one"),
+        ("\n5\n" + ZERO + "\n", "checkpoint: origin '' must be one non-empty"),
     ],
 )
 def test_malformed_checkpoints(body: str, message: str) -> None:

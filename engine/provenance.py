@@ -1,0 +1,349 @@
+"""Signed provenance for every run: attestations, a run record, and the ledger append.
+
+After a run (succeeded, failed or interrupted) the coordinator, still holding the workspace
+lock, signs one in-toto/SLSA statement per stage it executed or restored (DSSE, trainer key),
+writes them in stage-name order as one file ``.certus/provenance/<run>.dsse.jsonl`` (one
+canonical envelope per line: one write, one fsync, however many stages), builds the run record
+over them (Merkle root, previous-record hash), signs it and appends it to the ledger, whose
+checkpoint is signed with the ledger key.
+
+Provenance is on when the workspace has a committed ``trust.json``. Keys are found by
+``CERTUS_KEY`` / ``CERTUS_LEDGER_KEY`` (paths to private key files) or in the key directory
+(``$CERTUS_HOME/keys``, default ``~/.certus/keys``): the first key, by name, that the trust file
+grants the needed role.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from engine import __version__
+from engine.canonical import canonical_bytes
+from engine.dsse import Envelope, sign_envelope
+from engine.errors import KeyError_, LedgerError, SignatureError
+from engine.fsutil import atomic_write
+from engine.records import EVENT_ROLES, EVENT_TYPE, RUN_TYPE, Event, RunRecord, attestation_root
+from engine.statement import PAYLOAD_TYPE, rfc3339, stage_statement
+from engine.trust import TRUST_FILE, TrustStore
+from engine.workspace import Workspace
+
+__all__ = ["Provenance", "certus_home", "keys_dir", "NoteSignerAdapter", "ledger_dir", "git_state"]
+
+PROV_DIR = os.path.join(".certus", "provenance")
+LEDGER_DIR = os.path.join(".certus", "ledger")
+STAGE_ENV_KEYS = ("PYTHONHASHSEED", "TZ", "LC_ALL", "SOURCE_DATE_EPOCH")
+
+
+def certus_home() -> str:
+    return os.environ.get("CERTUS_HOME") or os.path.join(os.path.expanduser("~"), ".certus")
+
+
+def keys_dir() -> str:
+    return os.path.join(certus_home(), "keys")
+
+
+def ledger_dir(ws: Workspace) -> str:
+    return ws.p(LEDGER_DIR)
+
+
+def git_state(root: str) -> dict[str, Any]:
+    """HEAD commit and whether tracked files differ from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=20)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    commit = head.stdout.strip() if head.returncode == 0 else None
+    return {"commit": commit, "dirty": bool(dirty.stdout.strip()) if dirty.returncode == 0 else None}
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class NoteSignerAdapter:
+    """Presents a signing key as the signed-note signer the ledger wants."""
+
+    def __init__(self, key: Any) -> None:
+        self._key = key
+
+    @property
+    def name(self) -> str:
+        return str(self._key.name)
+
+    @property
+    def public_key(self) -> bytes:
+        return bytes(self._key.public_key.raw)
+
+    def sign(self, msg: bytes) -> bytes:
+        return bytes(self._key.sign(msg))
+
+
+@dataclass
+class LedgerItem:
+    """One decoded ledger entry."""
+
+    index: int
+    raw: bytes
+    envelope: Envelope | None
+    payload: dict[str, Any] | None
+    error: str = ""
+
+
+class Provenance:
+    """Signing and ledger operations for one workspace."""
+
+    def __init__(self, ws: Workspace, *, key: str | None = None, ledger_key: str | None = None) -> None:
+        self.ws = ws
+        self.key_hint = key or os.environ.get("CERTUS_KEY")
+        self.ledger_key_hint = ledger_key or os.environ.get("CERTUS_LEDGER_KEY")
+        self._signers: dict[str, Any] = {}
+
+    # -- trust and keys --------------------------------------------------------------------------
+
+    @property
+    def trust_path(self) -> str:
+        return self.ws.p(TRUST_FILE)
+
+    @property
+    def enabled(self) -> bool:
+        return os.path.exists(self.trust_path)
+
+    def trust(self) -> TrustStore:
+        try:
+            with open(self.trust_path, "rb") as f:
+                return TrustStore.from_json(f.read(), source=TRUST_FILE)
+        except FileNotFoundError as e:
+            raise SignatureError(f"{TRUST_FILE}: missing; add keys with 'certus keys trust NAME.pub --role ROLE'") from e
+
+    def save_trust(self, store: TrustStore) -> None:
+        atomic_write(self.trust_path, store.to_json().encode())
+
+    def _candidates(self, hint: str | None) -> Iterator[str]:
+        if hint:
+            if os.path.sep in hint or hint.endswith(".key"):
+                yield hint
+            else:
+                yield os.path.join(keys_dir(), f"{hint}.key")
+            return
+        d = keys_dir()
+        if os.path.isdir(d):
+            for f in sorted(os.listdir(d)):
+                if f.endswith(".key"):
+                    yield os.path.join(d, f)
+
+    def signer(self, role: str, hint: str | None = None) -> Any:
+        """A loaded private key that the trust file grants ``role`` (valid now)."""
+        if role in self._signers:
+            return self._signers[role]
+        from engine.adapters.keys import load_public_key, load_signer
+
+        trust = self.trust()
+        hint = hint or (self.ledger_key_hint if role == "ledger" else self.key_hint)
+        tried = []
+        for path in self._candidates(hint):
+            pub_path = path[:-4] + ".pub" if path.endswith(".key") else None
+            try:
+                keyid = load_public_key(pub_path).public_key.keyid if pub_path and os.path.exists(pub_path) else None
+            except KeyError_:
+                keyid = None
+            if keyid is not None:
+                try:
+                    trust.check(keyid, role, now_utc())
+                except SignatureError as e:
+                    tried.append(f"{os.path.basename(path)}: {e}")
+                    continue
+            if not os.path.exists(path):
+                tried.append(f"{path}: no such key file")
+                continue
+            key = load_signer(path)
+            try:
+                trust.check(key.keyid, role, now_utc())
+            except SignatureError as e:
+                tried.append(f"{os.path.basename(path)}: {e}")
+                continue
+            self._signers[role] = key
+            return key
+        detail = "; ".join(tried) if tried else f"no key files in {keys_dir()}"
+        raise KeyError_(f"no usable '{role}' key ({detail}); create one with 'certus keys generate --role {role}' "
+                        f"and add it with 'certus keys trust', or point CERTUS_KEY at one")
+
+    # -- ledger ----------------------------------------------------------------------------------
+
+    def _origin(self) -> str:
+        d = ledger_dir(self.ws)
+        try:
+            with open(os.path.join(d, "checkpoint"), encoding="utf-8") as f:
+                return f.readline().rstrip("\n")
+        except OSError:
+            pass
+        try:
+            with open(os.path.join(d, "state.json"), "rb") as f:
+                return str(json.loads(f.read())["origin"])
+        except (OSError, ValueError, KeyError):
+            pass
+        return f"certus.dev/ledger/{os.urandom(8).hex()}"
+
+    def open_ledger(self, create: bool = True) -> Any:
+        from engine.ledger import Ledger
+
+        return Ledger.open(ledger_dir(self.ws), origin=self._origin(), create=create)
+
+    def append(self, payload_type: str, payload: Mapping[str, Any], role: str) -> tuple[int, bytes]:
+        """Sign ``payload`` with a ``role`` key, append it to the ledger; caller holds the lock."""
+        env = sign_envelope(payload_type, canonical_bytes(dict(payload)), [self.signer(role)])
+        data = env.to_json_bytes()
+        ledger = self.open_ledger()
+        status = ledger.status()
+        if not status.ok:
+            problems = [str(t) for t in status.torn_tails] + list(status.damage)
+            raise LedgerError(f"{ledger_dir(self.ws)}: cannot append: {'; '.join(problems)}; "
+                              "run 'certus verify' for details and 'certus ledger repair' to cut a torn tail")
+        index, _ = ledger.append(data, NoteSignerAdapter(self.signer("ledger")))
+        return index, data
+
+    def append_event(self, kind: str, subject: str, details: Mapping[str, Any], *, role: str | None = None) -> int:
+        ev = Event(kind=kind, time=rfc3339(now_utc().timestamp()), subject=subject, details=details)
+        index, _ = self.append(EVENT_TYPE, ev.to_dict(), role or EVENT_ROLES.get(kind, "trainer"))
+        return index
+
+    def items(self) -> Iterator[LedgerItem]:
+        """Every committed ledger entry, decoded as far as it decodes."""
+        if not os.path.isdir(ledger_dir(self.ws)):
+            return
+        ledger = self.open_ledger(create=False)
+        for i, raw in enumerate(ledger.entries()):
+            try:
+                env = Envelope.from_json_bytes(raw)
+                payload = json.loads(env.payload)
+                yield LedgerItem(i, raw, env, payload)
+            except (SignatureError, ValueError) as e:
+                yield LedgerItem(i, raw, None, None, str(e))
+
+    def _head_path(self) -> str:
+        return self.ws.p(PROV_DIR, "HEAD")
+
+    def previous_run_hash(self) -> str | None:
+        try:
+            with open(self._head_path(), "rb") as f:
+                return str(json.loads(f.read())["sha256"])
+        except (OSError, ValueError, KeyError):
+            pass
+        last = None
+        for item in self.items():
+            if item.envelope is not None and item.envelope.payload_type == RUN_TYPE:
+                last = sha256_hex(item.raw)
+        return last
+
+    # -- runs ------------------------------------------------------------------------------------
+
+    def attestation_path(self, run_id: str) -> str:
+        return self.ws.p(PROV_DIR, f"{run_id}.dsse.jsonl")
+
+    def read_attestations(self, run_id: str) -> dict[str, bytes]:
+        """Stage name -> envelope bytes of a run's attestation bundle."""
+        out: dict[str, bytes] = {}
+        try:
+            with open(self.attestation_path(run_id), "rb") as f:
+                lines = f.read().split(b"\n")
+        except FileNotFoundError:
+            return out
+        for line in lines:
+            if not line:
+                continue
+            try:
+                stmt = json.loads(Envelope.from_json_bytes(line).payload)
+                stage = stmt["predicate"]["buildDefinition"]["externalParameters"]["stage"]
+            except (SignatureError, ValueError, KeyError, TypeError):
+                stage = f"<unreadable line {len(out)}>"
+            out[stage] = line
+        return out
+
+    def record_run(self, rep: Any, result: Any, git: Mapping[str, Any]) -> RunRecord:
+        """Attest every executed/restored stage, sign the run record, append it to the ledger."""
+        signer = self.signer("trainer")
+        env_common = {k: v for k, v in (("PYTHONHASHSEED", "0"), ("TZ", "UTC"), ("LC_ALL", "C.UTF-8"),
+                                        ("SOURCE_DATE_EPOCH", rep._sde_cached()))}
+        envelopes: list[tuple[str, bytes]] = []
+        for name in sorted(result.outcomes):
+            oc = result.outcomes[name]
+            if oc.state not in ("ran", "restored"):
+                continue
+            st = rep.spec[name]
+            log_digest = None
+            if oc.state == "ran" and oc.log_path and os.path.exists(oc.log_path):
+                with open(oc.log_path, "rb") as f:
+                    log_digest = sha256_hex(f.read())
+            restored_from = None
+            if oc.state == "restored":
+                first = self.read_attestations(oc.first_run).get(name) if oc.first_run else None
+                restored_from = {"run_id": oc.first_run or "unknown",
+                                 "attestation": sha256_hex(first) if first else ""}
+            stmt = stage_statement(
+                stage=name, cmd=st.cmd, params=st.params_dict(), pipeline=rep.spec.path,
+                overrides=result.overrides, outs=oc.outs, deps=oc.deps,
+                datasets=getattr(oc, "datasets", ()) or (), key=oc.key, engine_version=f"certus {__version__}",
+                python=platform.python_version(), platform=platform.platform(),
+                env={**env_common, **st.env_dict()}, run_id=result.run_id, started=oc.started,
+                finished=oc.finished, exit_status=oc.returncode, log_digest=log_digest, restored_from=restored_from,
+            )
+            env = sign_envelope(PAYLOAD_TYPE, canonical_bytes(stmt), [signer])
+            envelopes.append((name, env.to_json_bytes()))
+        bundle = b"".join(e + b"\n" for _, e in envelopes)
+        rel_bundle = os.path.relpath(self.attestation_path(result.run_id), self.ws.root)
+        if envelopes:
+            atomic_write(self.attestation_path(result.run_id), bundle)
+        digests = {name: sha256_hex(e) for name, e in envelopes}
+        stages = {}
+        for name, oc in sorted(result.outcomes.items()):
+            entry: dict[str, Any] = {"state": oc.state, "key": oc.key,
+                                     "outs": {p: o["digest"] for p, o in sorted(oc.outs.items())}}
+            if name in digests:
+                entry["attestation"] = digests[name]
+            if oc.error:
+                entry["error"] = oc.error
+            stages[name] = entry
+        try:
+            with open(self.ws.lock_path, "rb") as f:
+                lock_sha = sha256_hex(f.read())
+        except FileNotFoundError:
+            lock_sha = None
+        with open(self.ws.p(rep.spec.path), "rb") as f:
+            spec_sha = sha256_hex(f.read())
+        record = RunRecord(
+            run_id=result.run_id, started=rfc3339(result.started), finished=rfc3339(result.finished or result.started),
+            status=result.status, git=dict(git), config=result.config, overrides=list(result.overrides),
+            pipeline=rep.spec.path, spec_sha256=spec_sha, lock_sha256=lock_sha, stages=stages,
+            attestations=[{"stage": n, "sha256": digests[n], "path": rel_bundle} for n, _ in envelopes],
+            merkle_root=attestation_root([e for _, e in envelopes]), previous=self.previous_run_hash(),
+            failed=sorted(n for n, o in result.outcomes.items() if o.state == "failed"),
+        )
+        index, data = self.append(RUN_TYPE, record.to_dict(), "trainer")
+        atomic_write(self._head_path(), json.dumps({"run_id": result.run_id, "sha256": sha256_hex(data),
+                                                    "index": index}).encode())
+        return record
+
+
+def witness_path(ws: Workspace) -> Path:
+    """Where this verifier remembers the last checkpoint it saw for this workspace's ledger."""
+    tag = hashlib.sha256(os.path.realpath(ws.root).encode()).hexdigest()[:24]
+    return Path(certus_home()) / "witness" / f"{tag}.json"
+
+
+def python_info() -> str:
+    return sys.version.split()[0]

@@ -1,0 +1,95 @@
+"""in-toto Statement v1 with a SLSA Provenance v1 predicate, one per stage a run executed or restored.
+
+Field choices (https://in-toto.io/Statement/v1, https://slsa.dev/spec/v1.0/provenance):
+
+- ``subject``: the stage's outputs, ``name`` = workspace path, ``digest.sha256`` = file digest (a
+  directory output's digest is that of its canonical manifest, see :mod:`engine.hashing`).
+- ``buildDefinition.externalParameters``: what the user controls: stage, resolved ``cmd``, the
+  stage's param values, pipeline path and the run's CLI overrides.
+- ``buildDefinition.internalParameters``: engine version, Python, platform, the environment the
+  engine set, and the stage key.
+- ``buildDefinition.resolvedDependencies``: the deps (and dataset manifests) with digests.
+- ``runDetails``: builder id, the run id as ``invocationId``, start and finish times, and the log's
+  digest as a byproduct annotated with the exit status. A stage restored from the run cache adds a
+  ``restored-from`` byproduct naming the run that first produced the outputs and the digest of
+  that run's attestation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["STATEMENT_TYPE", "PROVENANCE_TYPE", "PAYLOAD_TYPE", "BUILD_TYPE", "BUILDER_ID", "stage_statement",
+           "rfc3339"]
+
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PROVENANCE_TYPE = "https://slsa.dev/provenance/v1"
+PAYLOAD_TYPE = "application/vnd.in-toto+json"
+BUILD_TYPE = "https://certus.dev/buildtypes/stage/v1"
+BUILDER_ID = "https://certus.dev/builders/local/v1"
+
+
+def rfc3339(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int((t % 1) * 1e6):06d}Z"
+
+
+def _hex(digest: str) -> str:
+    return digest.split(":", 1)[1] if ":" in digest else digest
+
+
+def stage_statement(
+    *,
+    stage: str,
+    cmd: str,
+    params: Mapping[str, Any],
+    pipeline: str,
+    overrides: Sequence[str],
+    outs: Mapping[str, Mapping[str, Any]],
+    deps: Mapping[str, str],
+    datasets: Sequence[Mapping[str, Any]] = (),
+    key: str,
+    engine_version: str,
+    python: str,
+    platform: str,
+    env: Mapping[str, str],
+    run_id: str,
+    started: float,
+    finished: float,
+    exit_status: int | None,
+    log_digest: str | None,
+    restored_from: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Build the statement as a plain dict (canonical JSON is applied when it is signed)."""
+    subjects = [{"name": p, "digest": {"sha256": _hex(str(o["digest"]))}} for p, o in sorted(outs.items())]
+    resolved = [{"name": p, "uri": f"file:{p}", "digest": {"sha256": _hex(d)}} for p, d in sorted(deps.items())]
+    resolved += [dict(d) for d in datasets]
+    byproducts: list[dict[str, Any]] = []
+    if log_digest is not None:
+        byproducts.append({"name": "log", "digest": {"sha256": _hex(log_digest)},
+                           "annotations": {"exitStatus": exit_status}})
+    if restored_from:
+        byproducts.append({"name": "restored-from", "uri": f"certus:run/{restored_from['run_id']}/{stage}",
+                           **({"digest": {"sha256": _hex(restored_from["attestation"])}}
+                              if restored_from.get("attestation") else {})})
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": subjects,
+        "predicateType": PROVENANCE_TYPE,
+        "predicate": {
+            "buildDefinition": {
+                "buildType": BUILD_TYPE,
+                "externalParameters": {"stage": stage, "cmd": cmd, "params": dict(params), "pipeline": pipeline,
+                                       "overrides": list(overrides)},
+                "internalParameters": {"engine": engine_version, "python": python, "platform": platform,
+                                       "env": dict(sorted(env.items())), "stageKey": key},
+                "resolvedDependencies": resolved,
+            },
+            "runDetails": {
+                "builder": {"id": BUILDER_ID},
+                "metadata": {"invocationId": run_id, "startedOn": rfc3339(started), "finishedOn": rfc3339(finished)},
+                "byproducts": byproducts,
+            },
+        },
+    }

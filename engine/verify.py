@@ -1,0 +1,304 @@
+"""``certus verify``: re-check all provenance offline and name exactly what fails.
+
+Checks, in order:
+
+1. the trust file parses;
+2. the ledger's structure: every frame, leaf hash, the RFC 6962 root against the signed
+   checkpoint, every historical checkpoint's signature (ledger role), torn tails;
+3. consistency with the last checkpoint this verifier saw (kept under ``$CERTUS_HOME/witness``,
+   outside the workspace, like Go's checksum-database client), so a truncated, rewritten or
+   forked history is caught even when re-signed; the remembered checkpoint then advances;
+4. every entry: a known DSSE payloadType, each signature by a key the trust file grants the
+   role that payload needs, valid (not expired, not revoked) at the record's time;
+5. run records: the previous-record hash chain; each attestation's presence, digest, DSSE
+   signature, payloadType, and that its statement is for this stage of this run with exactly
+   the outputs the record lists (a replayed attestation fails here); the Merkle root over the
+   attestations and each attestation's inclusion proof;
+6. with ``--artifacts``: workspace outputs re-hashed (no stat cache) against ``certus.lock`` and
+   the attestations, and every attested cache object re-hashed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from engine import merkle
+from engine.dsse import Envelope, verify_envelope
+from engine.errors import EngineError, SignatureError
+from engine.records import EVENT_ROLES, EVENT_TYPE, RUN_TYPE
+from engine.statement import PAYLOAD_TYPE, PROVENANCE_TYPE, STATEMENT_TYPE
+from engine.trust import TrustStore
+from engine.workspace import Workspace
+
+__all__ = ["VerifyReport", "verify_workspace"]
+
+
+@dataclass
+class VerifyReport:
+    checked: dict[str, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def count(self, what: str, n: int = 1) -> None:
+        self.checked[what] = self.checked.get(what, 0) + n
+
+    def fail(self, msg: str) -> None:
+        self.failures.append(msg)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checked": dict(sorted(self.checked.items())), "failures": self.failures,
+                "notes": self.notes}
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.strptime(text.rstrip("Z").split(".")[0], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+
+
+def _ledger_verifiers(trust: TrustStore) -> list[Any]:
+    from engine.note import Verifier
+
+    out = []
+    for entry in trust.entries:
+        if "ledger" in entry.roles:
+            out.append(Verifier(name=entry.name, public_key=entry.public_key.raw))
+    return out
+
+
+def _check_signatures(env: Envelope, trust: TrustStore, role: str, at: datetime, where: str,
+                      report: VerifyReport) -> bool:
+    ok = True
+    for sig in env.signatures:
+        try:
+            pub = trust.check(sig.keyid, role, at)
+            verify_envelope(Envelope(env.payload_type, env.payload, (sig,)), {sig.keyid: pub}, env.payload_type)
+            report.count("signatures")
+        except SignatureError as e:
+            report.fail(f"{where}: signature keyid {sig.keyid[:16]}…: {e}")
+            ok = False
+    return ok
+
+
+def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool = False,
+                     update_witness: bool = True) -> VerifyReport:
+    from engine.ledger import Ledger
+    from engine.provenance import Provenance, ledger_dir, sha256_hex, witness_path
+
+    report = VerifyReport()
+    prov = Provenance(ws)
+    try:
+        trust = prov.trust()
+        report.count("trust file")
+    except EngineError as e:
+        report.fail(str(e))
+        return report
+    verifiers = _ledger_verifiers(trust)
+    ldir = ledger_dir(ws)
+    if not os.path.isdir(ldir):
+        report.fail(f"{os.path.relpath(ldir, ws.root)}: no ledger; run 'certus repro' with a trust file first")
+        return report
+    try:
+        ledger = Ledger.open(ldir, origin=prov._origin(), create=False)
+    except EngineError as e:
+        report.fail(str(e))
+        return report
+    rel = os.path.relpath(ldir, ws.root)
+    structure = ledger.verify_structure(*verifiers)
+    for problem in structure:
+        report.fail(problem.replace(ldir, rel))
+    report.count("ledger entries", ledger.size)
+    report.count("checkpoints")
+
+    # witness: the last checkpoint this verifier saw must be extended, not rewritten
+    wpath = witness_path(ws)
+    seen = None
+    if wpath.exists():
+        from engine.note import Checkpoint
+
+        try:
+            w = json.loads(wpath.read_text())
+            seen = Checkpoint(origin=w["origin"], size=int(w["size"]), root_hash=bytes.fromhex(w["root"]))
+        except (ValueError, KeyError, EngineError) as e:
+            report.notes.append(f"{wpath}: unreadable remembered checkpoint ({e}); starting afresh")
+    current = None
+    if seen is not None:
+        try:
+            current = ledger.witness(seen, *verifiers)
+            report.count("consistency with last seen checkpoint")
+        except EngineError as e:
+            report.fail(f"{rel}: not consistent with the checkpoint this verifier saw before "
+                        f"(size {seen.size}, root {seen.root_hash.hex()[:16]}…): {e}")
+    elif ledger.checkpoint() is not None:
+        current = ledger.checkpoint()
+
+    items = list(prov.items())
+    previous_run: str | None = None
+    latest_outs: dict[str, tuple[str, str]] = {}  # path -> (digest, run) from the newest attestation
+    leaves = ledger.leaf_hashes() if not structure else []
+    cp = ledger.checkpoint()
+    for item in items:
+        where = f"ledger entry {item.index}"
+        if item.envelope is None or item.payload is None:
+            report.fail(f"{where}: not a DSSE envelope: {item.error}")
+            continue
+        env, payload = item.envelope, item.payload
+        if env.payload_type == RUN_TYPE:
+            where += f" (run {payload.get('run_id', '?')})"
+            role, at_text = "trainer", payload.get("finished") or payload.get("started", "")
+        elif env.payload_type == EVENT_TYPE:
+            where += f" (event {payload.get('kind', '?')} {payload.get('subject', '')})"
+            role, at_text = EVENT_ROLES.get(payload.get("kind", ""), "trainer"), payload.get("time", "")
+        else:
+            report.fail(f"{where}: unknown payloadType '{env.payload_type}'; expected {RUN_TYPE} or {EVENT_TYPE}")
+            continue
+        try:
+            at = _parse_time(at_text)
+        except ValueError:
+            report.fail(f"{where}: unreadable time '{at_text}'")
+            continue
+        _check_signatures(env, trust, role, at, where, report)
+        report.count("records")
+        if leaves and cp is not None and (run is None or payload.get("run_id") == run or item.index == len(items) - 1):
+            proof = merkle.inclusion_proof(item.index, leaves)
+            try:
+                merkle.verify_inclusion(merkle.leaf_hash(item.raw), item.index, cp.size, proof.hashes, cp.root_hash)
+                report.count("ledger inclusion proofs")
+            except EngineError as e:
+                report.fail(f"{where}: inclusion proof against the checkpoint fails: {e}")
+        if env.payload_type != RUN_TYPE:
+            continue
+        if payload.get("previous") != previous_run:
+            report.fail(f"{where}: previous-record hash {str(payload.get('previous'))[:16]}… does not match the "
+                        f"preceding run record ({str(previous_run)[:16]}…): the chain of runs is broken")
+        else:
+            report.count("run chain links")
+        previous_run = sha256_hex(item.raw)
+        if run is not None and payload.get("run_id") != run:
+            continue
+        _verify_run(prov, payload, trust, at, where, report, latest_outs)
+
+    if run is not None and not any(i.payload and i.payload.get("run_id") == run for i in items):
+        report.fail(f"run '{run}': not in the ledger; see 'certus log'")
+    if artifacts:
+        _verify_artifacts(ws, latest_outs, report)
+    if update_witness and report.ok and current is not None:
+        wpath.parent.mkdir(parents=True, exist_ok=True)
+        wpath.write_text(json.dumps({"origin": current.origin, "size": current.size,
+                                     "root": current.root_hash.hex(), "workspace": os.path.realpath(ws.root)}))
+    return report
+
+
+def _verify_run(prov: Any, rec: dict[str, Any], trust: TrustStore, at: datetime, where: str,
+                report: VerifyReport, latest_outs: dict[str, tuple[str, str]]) -> None:
+    from engine.provenance import sha256_hex
+
+    run_id = rec.get("run_id", "?")
+    bundle = prov.read_attestations(run_id)
+    listed = rec.get("attestations", [])
+    envelopes: list[bytes] = []
+    for a in listed:
+        stage = a.get("stage", "?")
+        w = f"{where}: attestation for stage '{stage}'"
+        raw = bundle.get(stage)
+        if raw is None:
+            report.fail(f"{w}: missing from .certus/provenance/{run_id}.dsse.jsonl")
+            continue
+        envelopes.append(raw)
+        if sha256_hex(raw) != a.get("sha256"):
+            report.fail(f"{w}: envelope digest {sha256_hex(raw)[:16]}… differs from the signed record's "
+                        f"{str(a.get('sha256'))[:16]}…")
+        try:
+            env = Envelope.from_json_bytes(raw)
+        except SignatureError as e:
+            report.fail(f"{w}: {e}")
+            continue
+        if env.payload_type != PAYLOAD_TYPE:
+            report.fail(f"{w}: payloadType '{env.payload_type}', expected '{PAYLOAD_TYPE}'")
+            continue
+        if not _check_signatures(env, trust, "trainer", at, w, report):
+            continue
+        try:
+            stmt = json.loads(env.payload)
+            ext = stmt["predicate"]["buildDefinition"]["externalParameters"]
+            inv = stmt["predicate"]["runDetails"]["metadata"]["invocationId"]
+        except (ValueError, KeyError, TypeError) as e:
+            report.fail(f"{w}: statement unreadable ({e})")
+            continue
+        if stmt.get("_type") != STATEMENT_TYPE or stmt.get("predicateType") != PROVENANCE_TYPE:
+            report.fail(f"{w}: not an in-toto Statement v1 with SLSA Provenance v1")
+        subjects = {s["name"]: "sha256:" + s["digest"]["sha256"] for s in stmt.get("subject", [])}
+        expected = dict(rec.get("stages", {}).get(stage, {}).get("outs", {}))
+        if ext.get("stage") != stage or inv != run_id or subjects != expected:
+            report.fail(f"{w}: statement is for stage '{ext.get('stage')}' of run '{inv}' with outputs "
+                        f"{sorted(subjects)}; the record lists outputs {sorted(expected)} "
+                        "(an attestation replayed from another artifact?)")
+            continue
+        for path, digest in subjects.items():
+            latest_outs[path] = (digest, run_id)
+        report.count("attestations")
+    extra = sorted(set(bundle) - {a.get("stage") for a in listed})
+    for stage in extra:
+        report.fail(f"{where}: attestation bundle holds stage '{stage}', which the signed record does not list")
+    leaves = [merkle.leaf_hash(e) for e in envelopes]
+    root = merkle.root(leaves).hex()
+    if len(envelopes) == len(listed):
+        if root != rec.get("merkle_root"):
+            report.fail(f"{where}: Merkle root over attestations {root[:16]}… differs from the record's "
+                        f"{str(rec.get('merkle_root'))[:16]}…")
+        else:
+            report.count("attestation merkle roots")
+            for i in range(len(leaves)):
+                proof = merkle.inclusion_proof(i, leaves)
+                merkle.verify_inclusion(leaves[i], i, len(leaves), proof.hashes, bytes.fromhex(root))
+            report.count("attestation inclusion proofs", len(leaves))
+
+
+def _verify_artifacts(ws: Workspace, latest_outs: dict[str, tuple[str, str]], report: VerifyReport) -> None:
+    from engine.cache import ObjectCache
+    from engine.digest import Digest
+    from engine.hashing import Hasher
+    from engine.lockfile import LockFile
+
+    lock = LockFile.load(ws.lock_path)
+    hasher = Hasher(ws.root)  # no stat cache: every byte is re-read
+    paths = {p: rec for entry in lock.stages.values() for p, rec in entry.outs.items()}
+    have = hasher.hash_many(list(paths))
+    for path, rec in sorted(paths.items()):
+        e = have[path]
+        if e is None:
+            report.notes.append(f"workspace file {path}: missing (restore it with 'certus checkout')")
+            continue
+        if str(e.digest) != rec["digest"]:
+            report.fail(f"workspace file {path}: sha256 {e.digest.hex[:16]}… but certus.lock records "
+                        f"{str(rec['digest'])[7:23]}…: the file was modified after it was produced")
+        attested = latest_outs.get(path)
+        if attested is not None and attested[0] != rec["digest"]:
+            report.fail(f"certus.lock output {path}: {str(rec['digest'])[:23]}… is not what the latest "
+                        f"attestation (run {attested[1]}) says ({attested[0][:23]}…)")
+        report.count("workspace files re-hashed")
+    cache = ObjectCache(os.path.join(ws.dot, "cache"))
+    for path, (digest, run_id) in sorted(latest_outs.items()):
+        d = Digest.parse(digest)
+        for obj in _objects(cache, d, paths.get(path, {}).get("kind", "file")):
+            if not cache.has(obj):
+                continue
+            try:
+                cache.check(obj)
+                report.count("cache objects re-hashed")
+            except EngineError as e:
+                report.fail(f"cache object for {path} (run {run_id}): {e}")
+
+
+def _objects(cache: Any, d: Any, kind: str) -> Iterator[Any]:
+    try:
+        yield from cache.objects_of(d, kind)
+    except EngineError:
+        yield d
