@@ -268,3 +268,6 @@ def register(sub: Any, add: Any) -> None:
     pr.add_argument("--consistency", action="store_true")
     pr.set_defaults(func=cmd_ledger_proof)
     _ = KeyError_
+    from engine.cli_datasets import register as register_datasets
+
+    register_datasets(sub)

@@ -48,6 +48,8 @@ import binascii
 import contextlib
 import json
 import os
+import re
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +82,7 @@ STATE = "state.json"
 FORMAT = "certus-ledger/1"
 _FRAME_KEYS = frozenset({"entry", "index", "leaf"})
 _STATE_KEYS = frozenset({"checkpoints_bytes", "entries_bytes", "format", "frontier", "origin", "size"})
+_LEAF = re.compile(rb',"leaf":"([0-9a-f]{64})"\}\n\Z')  # how every canonical frame ends
 _MAX_LISTED = 20  # problems listed per file before the rest are counted
 
 StepHook = Callable[[str], None]
@@ -486,14 +489,26 @@ class Ledger:
         """Entry ``index`` (reads the frames before it)."""
         if not 0 <= index < self.size:
             raise LedgerError(f"{self._file(ENTRIES)}: entry {index}: out of range (size {self.size})")
-        for i, (entry, _) in enumerate(self._frames(index + 1)):
-            if i == index:
-                return entry
-        raise AssertionError("unreachable")
+        last = deque(self._frames(index + 1), maxlen=1)  # the frames before it are checked, not kept
+        return last[0][0]
 
     def leaf_hashes(self, size: int | None = None) -> list[bytes]:
-        """Leaf hashes of the first ``size`` entries, recomputed from the entry bytes."""
-        return [leaf for _, leaf in self._frames(self.size if size is None else size)]
+        """Leaf hashes of the first ``size`` entries, as the frames record them.
+
+        Proofs need only these, so entries are not decoded here (:meth:`verify_structure`
+        re-derives every leaf from its entry). The full list is checked against the signed root.
+        """
+        n = self._check_size(size)
+        path, leaves = self._file(ENTRIES), []
+        with open(path, "rb") as f:
+            for index in range(n):
+                m = _LEAF.search(line := f.readline(), max(0, len(line) - 80))
+                if m is None:
+                    raise LedgerError(f"{path}: entry {index}: no leaf hash (bad or missing frame)")
+                leaves.append(bytes.fromhex(m.group(1).decode("ascii")))
+        if n == self.size and self._checkpoint and merkle.root(leaves) != self._checkpoint.root_hash:
+            raise LedgerError(f"{path}: the leaf hashes are not those the checkpoint signed; run verify")
+        return leaves
 
     def _check_size(self, size: int | None) -> int:
         n = self.size if size is None else size
@@ -551,7 +566,7 @@ class Ledger:
             _replace_durably(self._file(CHECKPOINT), note.encode("utf-8"), hook)
         except OSError as e:
             self._torn = tuple(self._tails(old))
-            raise LedgerError(f"{self.path}: append of entry {first} failed, nothing committed ({e})") from e
+            raise LedgerError(f"{self.path}: append of entry {first} failed before its commit point ({e})") from e
         hook("checkpoint")  # committed
         self._state, self._checkpoint, self._checkpoint_text = new, cp, note
         try:

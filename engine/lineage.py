@@ -64,6 +64,12 @@ def lineage_graph(ws: Workspace, path: str) -> dict[str, Any]:
     if _owner(norm, producers) is None:
         raise WorkspaceError(f"{path}: no stage in certus.lock produced it; see 'certus status' or 'certus dag'")
     runs = _runs_by_digest(ws)
+    from engine.datasets import Registry
+
+    try:
+        reg: Registry | None = Registry.load(ws.root)
+    except Exception:  # noqa: BLE001 - lineage still works from the lock alone
+        reg = None
     nodes: dict[str, dict[str, Any]] = {}
     edges: list[tuple[str, str]] = []
     todo = [norm]
@@ -86,6 +92,16 @@ def lineage_graph(ws: Workspace, path: str) -> dict[str, Any]:
             todo.append(dep)
             if _owner(dep, producers) is None:
                 nodes.setdefault(dep, {"path": dep, "kind": "source", "digest": digest})
+    if reg is not None:
+        for n in nodes.values():
+            digest = n.get("digest")
+            hit = reg.by_path_digest(n["path"], digest) if digest else None
+            if hit is not None:
+                m = hit.manifest
+                n["dataset"] = {"ref": m.ref, "version": m.version, "id": m.id, "manifest": hit.path,
+                                "source": m.source, "sensitivity": m.sensitivity, "parents": list(m.parents),
+                                "approved_by": (hit.approval or {}).get("approver"),
+                                "approval": m.approval, "produced_by": dict(m.produced_by or {}) or None}
     return {"target": norm, "nodes": nodes, "edges": sorted(set(edges))}
 
 
@@ -99,21 +115,34 @@ def lineage(ws: Workspace, path: str, *, mermaid: bool = False, as_json: bool = 
         for p, n in sorted(g["nodes"].items()):
             label = p if n["kind"] == "source" else f"{p}<br/>stage {n['stage']}" + (
                 f"<br/>run {n['run']}" if n.get("run") else "")
+            if n.get("dataset"):
+                label += f"<br/>dataset {n['dataset']['ref']}"
             lines.append(f'    {ids[p]}["{label}"]')
         for a, b in g["edges"]:
             lines.append(f"    {ids[a]} --> {ids[b]}")
         return "\n".join(lines) + "\n"
     out: list[str] = []
 
+    def ds(n: dict[str, Any]) -> str:
+        d = n.get("dataset")
+        if not d:
+            return ""
+        appr = f", approved by {d['approved_by']}" if d.get("approved_by") else (
+            ", approval inherited" if d.get("approval") == "inherited" else ", NOT approved")
+        par = f", parents {', '.join(d['parents'])}" if d.get("parents") else ""
+        return (f"  dataset {d['ref']} v{d['version']} ({d['sensitivity']}{appr}{par}; "
+                f"manifest {d['manifest']}; source: {d['source']})")
+
     def walk(p: str, depth: int, seen: set[str]) -> None:
         n = g["nodes"][p]
         pad = "  " * depth
         if n["kind"] == "source":
-            out.append(f"{pad}{p}  [source {n.get('digest', '')[:19]}]")
+            out.append(f"{pad}{p}  [source {n.get('digest', '')[:19]}]{ds(n)}")
             return
         run = f", run {n['run']}" if n.get("run") else ""
         params = ", ".join(f"{k}={v}" for k, v in sorted(n["params"].items()))
-        out.append(f"{pad}{p}  [{n['digest'][:19]}…] <- stage '{n['stage']}'{run}" + (f" ({params})" if params else ""))
+        out.append(f"{pad}{p}  [{n['digest'][:19]}…] <- stage '{n['stage']}'{run}" + (f" ({params})" if params else "")
+                   + ds(n))
         if p in seen:
             return
         for dep in sorted(n["deps"]):

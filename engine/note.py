@@ -54,6 +54,7 @@ ED25519 = 0x01
 _SIG_PREFIX = "\u2014 "  # em dash, space
 _MAX_SIGNATURES = 100  # golang.org/x/mod/sumdb/note's bound; C2SP requires at least 16
 _SIZE = re.compile(r"0|[1-9][0-9]*")
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f]")  # every ASCII control character but newline
 
 
 class NoteError(SignatureError):
@@ -187,9 +188,9 @@ class NoteSignature:
 def _check_text(text: str, what: str) -> None:
     if not text.endswith("\n"):
         raise NoteError(f"{what}: text must end with a newline")
-    bad = next((c for c in text if c < " " and c != "\n"), None)
+    bad = _CONTROL.search(text)
     if bad is not None:
-        raise NoteError(f"{what}: control character U+{ord(bad):04X} is not allowed")
+        raise NoteError(f"{what}: control character U+{ord(bad.group()):04X} is not allowed")
 
 
 @dataclass(frozen=True, slots=True)

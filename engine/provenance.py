@@ -129,7 +129,9 @@ class Provenance:
             with open(self.trust_path, "rb") as f:
                 return TrustStore.from_json(f.read(), source=TRUST_FILE)
         except FileNotFoundError as e:
-            raise SignatureError(f"{TRUST_FILE}: missing; add keys with 'certus keys trust NAME.pub --role ROLE'") from e
+            raise SignatureError(
+                f"{TRUST_FILE}: missing; add keys with 'certus keys trust NAME.pub --role ROLE'"
+            ) from e
 
     def save_trust(self, store: TrustStore) -> None:
         atomic_write(self.trust_path, store.to_json().encode())

@@ -27,6 +27,7 @@ EVENT_ROLES = {
     "dataset.registered": "data-steward",
     "dataset.approved": "approver",
     "dataset.refused": "trainer",
+    "dataset.derived": "trainer",
     "gate.decision": "trainer",
     "gate.waiver": "approver",
     "deployment": "releaser",

@@ -90,6 +90,7 @@ class StageOutcome:
     log_path: str = ""
     error: str = ""
     first_run: str = ""  # for restored stages: the run that first produced these outputs
+    datasets: list[dict[str, Any]] = field(default_factory=list)  # manifests consumed (resolvedDependencies)
 
 
 @dataclass
@@ -141,6 +142,8 @@ class Repro:
         self.lock.pipeline = self.spec.path
         self._last_save = 0.0
         self._dirty = False
+        self._executor: Executor | None = None
+        self.dataset_uses: dict[str, list[Any]] = {}
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -280,13 +283,14 @@ class Repro:
         progress = Progress(len(names), self.err)
         wslock = WorkspaceLock(self.ws)
         wslock.acquire(wait=self.opts.wait, command="repro")
-        executor: Executor | None = None
+        self._executor = None
         running: dict[Future[JobResult], tuple[StageSpec, dict[str, Entry | None], Digest, StageOutcome]] = {}
         pending = list(names)
         prev_handler = None
         with contextlib.suppress(ValueError):  # only the main thread may set handlers
             prev_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
+            self.dataset_uses = self._check_datasets(names)
             while pending or running:
                 progressed = False
                 for n in list(pending):
@@ -303,10 +307,7 @@ class Repro:
                         continue
                     pending.remove(n)
                     progressed = True
-                    verdict = self._decide_and_start(st, running, result, lambda: executor)
-                    if verdict == "need-executor":
-                        executor = self._make_executor(wslock.record_running)
-                        self._decide_and_start(st, running, result, lambda: executor)
+                    self._decide_and_start(st, running, result, wslock)
                     self._report(progress, result, running, pending, n)
                 if running:
                     done, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
@@ -330,8 +331,8 @@ class Repro:
             self.state.flush()
             self._after(result)  # still under the workspace lock: provenance appends to the ledger
         except KeyboardInterrupt:
-            if executor is not None:
-                executor.terminate_all()
+            if self._executor is not None:
+                self._executor.terminate_all()
             for _, _, _, oc in running.values():
                 oc.state = "interrupted"
             for n in pending:
@@ -346,8 +347,8 @@ class Repro:
                 "run 'certus repro' again to finish the rest"
             ) from None
         finally:
-            if executor is not None:
-                executor.shutdown()
+            if self._executor is not None:
+                self._executor.shutdown()
             self._save_lock(force=True)
             self.state.flush()
             if prev_handler is not None:
@@ -365,6 +366,57 @@ class Repro:
             )
         return result
 
+    def _trust(self) -> Any:
+        if not os.path.exists(self.ws.p("trust.json")):
+            return None
+        from engine.provenance import Provenance
+
+        return Provenance(self.ws).trust()
+
+    def _check_datasets(self, names: list[str]) -> dict[str, list[Any]]:
+        """Every dataset a selected stage consumes must pass governance before anything runs."""
+        wanted = [(n, ref) for n in names for ref in self.spec[n].datasets]
+        if not wanted:
+            return {}
+        from engine.datasets import Registry, check_use
+        from engine.errors import DatasetError
+
+        reg = Registry.load(self.ws.root)
+        trust = self._trust()
+        uses: dict[str, list[Any]] = {}
+        for stage, ref in wanted:
+            try:
+                entry = reg.resolve(ref)
+                e = self.hasher.hash_path(entry.manifest.path)
+                uses.setdefault(stage, []).append(
+                    check_use(reg, ref, stage, self.config, str(e.digest) if e else None, trust))
+            except DatasetError as err:
+                self._refused(stage, ref, str(err))
+                raise
+        return uses
+
+    def _refused(self, stage: str, ref: str, why: str) -> None:
+        """Hook: a dataset was refused for a stage (provenance records it in the ledger)."""
+
+    def _validate_datasets(self, st: StageSpec, oc: StageOutcome) -> bool:
+        from engine.errors import DatasetError
+        from engine.schema import load_schema, validate
+
+        for use in getattr(self, "dataset_uses", {}).get(st.name, []):
+            man = use.manifest
+            oc.datasets.append(use.as_dependency())
+            if not man.schema:
+                continue
+            try:
+                with open(self.ws.p(man.schema["path"]), encoding="utf-8") as f:
+                    schema = load_schema(man.schema["path"], f.read())
+                validate(self.ws.p(man.path), schema, label=man.path)
+            except (OSError, DatasetError) as e:
+                oc.state, oc.error = "failed", f"dataset {man.ref} refused: {e}".replace("\n", "; ")
+                self._refused(st.name, use.ref, oc.error)
+                return False
+        return True
+
     def _after(self, result: ReproResult) -> None:
         """Hook for what follows a run (provenance); the base run does nothing more."""
 
@@ -374,7 +426,7 @@ class Repro:
         progress.show(done, len(running), len(pending), event)
 
     def _decide_and_start(self, st: StageSpec, running: dict[Any, Any], result: ReproResult,
-                          get_executor: Callable[[], Executor | None]) -> str:
+                          wslock: WorkspaceLock) -> str:
         ev = evaluate(st, self.hasher, self.lock)
         key = Digest.parse(ev.key)
         oc = StageOutcome(st.name, "pending", key=ev.key, reasons=ev.reasons,
@@ -390,6 +442,9 @@ class Repro:
             oc.outs = dict(self.lock.get(st.name).outs) if self.lock.get(st.name) else {}
             result.outcomes[st.name] = oc
             return "skipped"
+        if st.datasets and not self._validate_datasets(st, oc):
+            result.outcomes[st.name] = oc
+            return "failed"
         if self.opts.run_cache and not force and not st.always_changed:
             rec = self.runs.get(key)
             if rec and set(rec["outs"]) == set(st.all_outs) and all(
@@ -406,9 +461,9 @@ class Repro:
                 oc.started = oc.finished = time.time()
                 result.outcomes[st.name] = oc
                 return "restored"
-        executor = get_executor()
-        if executor is None:
-            return "need-executor"
+        if self._executor is None:
+            self._executor = self._make_executor(wslock.record_running)
+        executor = self._executor
         self._prepare_outs(st)
         fut = executor.submit(self._job(st, self._sde_cached()))
         oc.state = "running"

@@ -36,6 +36,7 @@ STAGE_KEYS = (
     "desc",
     "always_changed",
     "datasets",
+    "register",
 )
 _GENERATOR_KEYS = ("foreach", "do", "matrix")
 _TOP_KEYS = ("stages", "vars")
@@ -57,6 +58,7 @@ class StageSpec:
     desc: str = ""
     always_changed: bool = False
     datasets: tuple[str, ...] = ()
+    register: tuple[tuple[str, Any], ...] = ()  # derived datasets: (name, {path, schema?, ...})
     line: int = field(default=0, compare=False)
 
     @property
@@ -391,6 +393,23 @@ def load_spec_text(text: str, *, path: str, config: Mapping[str, Any]) -> Pipeli
             always = False
         desc = body.get("desc") or ""
         datasets = [str(d) for d in _as_str_list(body.get("datasets"), probs, kp + ("datasets",), name, "datasets")]
+        register: list[tuple[str, Any]] = []
+        raw_reg = body.get("register") or {}
+        if not isinstance(raw_reg, dict):
+            probs.add(kp + ("register",), name, "register", "expected a mapping of dataset name -> output path")
+            raw_reg = {}
+        for ds_name, ds in raw_reg.items():
+            ds = {"path": ds} if isinstance(ds, str) else ds
+            if not isinstance(ds, dict) or not isinstance(ds.get("path"), str):
+                probs.add(kp + ("register", ds_name), name, "register", f"dataset '{ds_name}': expected a path "
+                          "or a mapping with 'path'")
+                continue
+            ds_path = posixpath.normpath(ds["path"])
+            if ds_path not in paths["outs"]:
+                probs.add(kp + ("register", ds_name), name, "register",
+                          f"dataset '{ds_name}': '{ds_path}' is not one of the stage's outs")
+                continue
+            register.append((str(ds_name), {**ds, "path": ds_path}))
         stages[name] = StageSpec(
             name=name,
             cmd=str(cmd),
@@ -402,6 +421,7 @@ def load_spec_text(text: str, *, path: str, config: Mapping[str, Any]) -> Pipeli
             desc=str(desc),
             always_changed=always,
             datasets=tuple(datasets),
+            register=tuple(register),
             line=probs.line_of(kp),
         )
 

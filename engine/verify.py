@@ -185,6 +185,8 @@ def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool =
             continue
         _verify_run(prov, payload, trust, at, where, report, latest_outs)
 
+    if run is None:
+        _verify_datasets(ws, trust, items, report)
     if run is not None and not any(i.payload and i.payload.get("run_id") == run for i in items):
         report.fail(f"run '{run}': not in the ledger; see 'certus log'")
     if artifacts:
@@ -302,3 +304,57 @@ def _objects(cache: Any, d: Any, kind: str) -> Iterator[Any]:
         yield from cache.objects_of(d, kind)
     except EngineError:
         yield d
+
+
+def _verify_datasets(ws: Workspace, trust: TrustStore, items: list[Any], report: VerifyReport) -> None:
+    """Each manifest and approval: signature, role, and a matching ledger event."""
+    from engine.datasets import APPROVAL_TYPE, MANIFEST_TYPE, Registry
+    from engine.provenance import sha256_hex
+
+    try:
+        reg = Registry.load(ws.root)
+    except EngineError as e:
+        report.fail(str(e))
+        return
+    logged: dict[str, set[str]] = {}
+    for item in items:
+        p = item.payload or {}
+        if item.envelope is not None and item.envelope.payload_type == EVENT_TYPE:
+            details = p.get("details") or {}
+            for k in ("manifest_sha256", "approval_sha256"):
+                if details.get(k):
+                    logged.setdefault(k, set()).add(details[k])
+    for name in reg.names():
+        for e in reg.entries[name]:
+            m = e.manifest
+            where = f"dataset {m.ref} (v{m.version}) manifest {e.path}"
+            role = "trainer" if m.produced_by else "data-steward"
+            try:
+                at = _parse_time(m.registered)
+            except ValueError:
+                report.fail(f"{where}: unreadable registration time '{m.registered}'")
+                continue
+            if e.envelope.payload_type != MANIFEST_TYPE:
+                report.fail(f"{where}: payloadType '{e.envelope.payload_type}', expected '{MANIFEST_TYPE}'")
+            else:
+                _check_signatures(e.envelope, trust, role, at, where, report)
+            if sha256_hex(e.raw) not in logged.get("manifest_sha256", set()):
+                report.fail(f"{where}: no ledger registration event carries this manifest's digest "
+                            f"({sha256_hex(e.raw)[:16]}…): it was changed or never registered")
+            report.count("dataset manifests")
+            if e.approval_envelope is not None and e.approval_raw is not None:
+                w = f"dataset {m.ref} (v{m.version}) approval"
+                try:
+                    at = _parse_time(str((e.approval or {}).get("approved_at", "")))
+                except ValueError:
+                    report.fail(f"{w}: unreadable approval time")
+                    continue
+                if e.approval_envelope.payload_type != APPROVAL_TYPE:
+                    report.fail(f"{w}: payloadType '{e.approval_envelope.payload_type}', expected '{APPROVAL_TYPE}'")
+                else:
+                    _check_signatures(e.approval_envelope, trust, "approver", at, w, report)
+                if (e.approval or {}).get("manifest_sha256") != sha256_hex(e.raw):
+                    report.fail(f"{w}: approves a different manifest than {e.path}")
+                if sha256_hex(e.approval_raw) not in logged.get("approval_sha256", set()):
+                    report.fail(f"{w}: no ledger approval event carries this approval's digest")
+                report.count("dataset approvals")

@@ -133,6 +133,10 @@ class Workspace:
         except OSError as e:
             raise SpecError(f"{rel}: cannot read: {e.strerror}") from e
         spec = load_spec_text(text, path=rel, config=config)
+        if any(st.datasets for st in spec.stages.values()):
+            from engine.datasets import Registry, with_dataset_deps
+
+            spec = with_dataset_deps(spec, Registry.load(self.root))
         self.check_paths(spec)
         return spec
 

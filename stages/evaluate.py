@@ -3,9 +3,8 @@
 import pickle
 import sys
 
-from sklearn.metrics import accuracy_score, f1_score
-
 from _common import read_csv, write_json
+from sklearn.metrics import accuracy_score, f1_score
 
 model_path, test_path, out = sys.argv[1], sys.argv[2], sys.argv[3]
 with open(model_path, "rb") as f:

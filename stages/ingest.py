@@ -2,9 +2,8 @@
 
 import sys
 
-from sklearn import datasets
-
 from _common import write_csv
+from sklearn import datasets
 
 name, out = sys.argv[1], sys.argv[2]
 loader = {"wine": datasets.load_wine, "iris": datasets.load_iris, "breast_cancer": datasets.load_breast_cancer}

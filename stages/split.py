@@ -3,9 +3,8 @@
 import os
 import sys
 
-from sklearn.model_selection import train_test_split
-
 from _common import params, read_csv, write_csv
+from sklearn.model_selection import train_test_split
 
 src, outdir = sys.argv[1], sys.argv[2]
 cfg = params()["split"]

@@ -4,12 +4,11 @@ import os
 import pickle
 import sys
 
+from _common import params, read_csv
 from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-
-from _common import params, read_csv
 
 src, out = sys.argv[1], sys.argv[2]
 p = params()

@@ -106,7 +106,8 @@ def test_dag_edges_include_directory_containment_and_order_is_stable():
 
 
 def test_dag_cycle_names_the_cycle():
-    with pytest.raises(GraphError, match=r"cycle in the stage graph: (a -> b -> c -> a|b -> c -> a -> b|c -> a -> b -> c)"):
+    cycles = r"(a -> b -> c -> a|b -> c -> a -> b|c -> a -> b -> c)"
+    with pytest.raises(GraphError, match=r"cycle in the stage graph: " + cycles):
         _dag("stages:\n  a: {cmd: x, deps: [c.txt], outs: [a.txt]}\n  b: {cmd: x, deps: [a.txt], outs: [b.txt]}\n"
              "  c: {cmd: x, deps: [b.txt], outs: [c.txt]}\n")
 

@@ -35,6 +35,7 @@ from engine.ledger import (
     RollbackError,
     TornTail,
     TornTailError,
+    check_extends,
     decode_frame,
     encode_frame,
 )
@@ -218,11 +219,12 @@ def test_append_reads_nothing_and_writes_o_log_n(big: Path, monkeypatch: pytest.
 
 
 def _median_append_seconds(led: Ledger, start: int, count: int = 15) -> float:
+    """Median CPU time of an append (CPU, not wall: fsync latency is the disk's, not ours)."""
     times = []
     for i in range(start, start + count):
-        t = time.perf_counter()
+        t = time.process_time()
         led.append(envelope(i), SIGNER)
-        times.append(time.perf_counter() - t)
+        times.append(time.process_time() - t)
     return sorted(times)[count // 2]
 
 
@@ -328,6 +330,25 @@ def test_partial_frame_is_a_torn_tail(tmp_path: Path) -> None:
     assert Ledger.open(d, origin=ORIGIN).verify_structure(VERIFIER) == []
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b'{"entry":"AA==","index":0,"leaf":"x"}', "partial frame (no newline): torn tail"),
+        (b"{nope\n", "bad frame: not JSON (Expecting property name enclosed in double quotes"),
+        (b'{"entry":"AA==","index":0}\n', "bad frame: expected the fields entry, index, leaf"),
+        (b'{"entry":"AA==","index":true,"leaf":"x"}\n', "index field says True: entries reordered"),
+        (b'{"entry":"A","index":0,"leaf":"x"}\n', "bad frame: 'entry' is not base64"),
+        (b'{"entry":"AA==","index":0,"leaf":"x"}\n', "leaf hash mismatch: frame says x, entry hashes to 96a2"),
+        (encode_frame(0, b"\0").replace(b",", b", ", 1), "bad frame: not in canonical form"),
+        (encode_frame(0, b"\0").replace(b"AA==", b"AB=="), "bad frame: not in canonical form"),
+    ],
+    ids=["partial", "not-json", "fields", "bool-index", "base64", "leaf", "spacing", "base64-bits"],
+)
+def test_bad_frames_are_named(line: bytes, message: str) -> None:
+    with pytest.raises(LedgerError, match=f"^{re.escape(message)}"):
+        decode_frame(line, 0)
+
+
 def test_lost_state_file_is_rebuilt(tmp_path: Path) -> None:
     d = tmp_path / "l"
     make(d, 6)
@@ -405,10 +426,13 @@ def test_entry_changed_with_a_matching_frame(tmp_path: Path) -> None:
     assert problems[0].startswith(f"{d / CHECKPOINT}: root ")
     assert problems[0].endswith("is not the root of entries 0..9 (" + _root(d).hex() + ")")
     assert [p for p in problems if "checkpoints.jsonl" in p] == [history_mismatch(d, n) for n in range(5, 11)]
+    message = f"{d / ENTRIES}: the leaf hashes are not those the checkpoint signed; run verify"
+    with pytest.raises(LedgerError, match=exactly(message)):
+        led.inclusion_proof(0)
 
 
 def _root(d: Path) -> bytes:
-    return merkle.root(Ledger.open(d, origin=ORIGIN).leaf_hashes(len(lines(d))))
+    return merkle.root([decode_frame(line, i)[1] for i, line in enumerate(lines(d))])
 
 
 def test_entries_reordered(tmp_path: Path) -> None:
@@ -448,6 +472,8 @@ def test_tail_replaced_by_a_validly_signed_fork(tmp_path: Path) -> None:
     with pytest.raises(ForkError, match=f"^{re.escape(fork_message)}"):
         forked.witness(seen, VERIFIER)
     assert forked.witness(history(honest)[5], VERIFIER).size == 10  # the shared prefix is fine
+    with pytest.raises(ForkError, match="size 10 is not an append-only extension"):
+        forked.witness(history(honest)[9], VERIFIER)  # same size, other root
 
     # Spliced into the honest directory while its checkpoint history stays: the history names it.
     for name in (ENTRIES, CHECKPOINT, STATE):
@@ -457,6 +483,19 @@ def test_tail_replaced_by_a_validly_signed_fork(tmp_path: Path) -> None:
         *(history_mismatch(honest, n) for n in range(7, 11)),
         f"{honest / CHECKPOINTS}: no line holds the current checkpoint (size 10)",
     ]
+
+
+def test_check_extends_is_pure() -> None:
+    leaves = [merkle.leaf_hash(envelope(i)) for i in range(7)]
+    cp = [Checkpoint(ORIGIN, n, merkle.root(leaves[:n])) for n in range(8)]
+    check_extends(cp[3], cp[7], merkle.consistency_proof(3, leaves))
+    check_extends(cp[0], cp[7], None)  # every log extends the empty one
+    with pytest.raises(ForkError, match=re.escape("(no consistency proof for sizes 3 -> 7)")):
+        check_extends(cp[3], cp[7], merkle.consistency_proof(2, leaves))
+    with pytest.raises(RollbackError, match="size 3 is smaller than the last seen size 7"):
+        check_extends(cp[7], cp[3], None)
+    with pytest.raises(ForkError, match="origin 'other', but the seen one is for 'certus/ws-test'"):
+        check_extends(cp[3], Checkpoint("other", 7, cp[7].root_hash), None)
 
 
 def test_checkpoint_with_a_wrong_size(tmp_path: Path) -> None:

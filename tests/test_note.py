@@ -135,7 +135,7 @@ def test_wrong_key_hash_is_unknown_so_unverified() -> None:
         Note.open(PETER_NOTE.replace(GO["peter_sig"], forged), [PETER_V])
 
 
-def test_same_name_and_hash_but_other_key_fails_verification() -> None:
+def test_same_name_but_other_key_is_unknown() -> None:
     impostor = Verifier("PeterNeumann", ENOCH_V.public_key)
     # The key ID no longer matches, so the signature is not considered to be this key's.
     with pytest.raises(UnverifiedNoteError):
