@@ -89,6 +89,9 @@ def _repro_once(ws: Any, opts: Any, args: argparse.Namespace) -> tuple[int, str]
     line = (f"ran {result.count('ran')}, restored {result.count('restored')}, "
             f"up to date {result.count('skipped')}")
     print(f"[certus] run {result.run_id}: {line}", file=sys.stderr)
+    if getattr(rep, "prov", None) is None:
+        print("[certus] no trust.json in the workspace: this run is not signed (see 'certus keys --help')",
+              file=sys.stderr)
     if args.json:
         print(json.dumps({"run_id": result.run_id, "status": result.status,
                           "stages": {n: {"state": o.state, "key": o.key}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from engine.repro import Repro, ReproOptions, ReproResult
@@ -82,8 +81,5 @@ def make_repro(ws: Workspace, opts: ReproOptions, args: argparse.Namespace | Non
     from engine.provenance import Provenance
 
     if opts.dry or not Provenance(ws).enabled:
-        if not opts.dry:
-            print("[certus] no trust.json in the workspace: this run is not signed "
-                  "(see 'certus keys --help')", file=sys.stderr)
         return Repro(ws, opts)
     return ProvenanceRepro(ws, opts, key=getattr(args, "key", None))
