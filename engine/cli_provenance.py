@@ -55,8 +55,18 @@ def cmd_keys_trust(args: argparse.Namespace) -> int:
     prov = Provenance(_ws(args))
     info = load_public_key(args.pubfile)
     store = prov.trust() if prov.enabled else TrustStore()
-    store = store.add_key(info, roles=args.role or None, not_before=_when(args.not_before),
-                          not_after=_when(args.not_after))
+    existing = [e for e in store.entries if e.keyid == info.public_key.keyid]
+    if existing:  # trusting a known key again updates its roles and validity
+        import dataclasses
+
+        old = existing[0]
+        roles = tuple(sorted(set(old.roles) | set(args.role or [info.role])))
+        new = dataclasses.replace(old, roles=roles, not_before=_when(args.not_before) or old.not_before,
+                                  not_after=_when(args.not_after) or old.not_after)
+        store = TrustStore(entries=tuple(new if e is old else e for e in store.entries))
+    else:
+        store = store.add_key(info, roles=args.role or None, not_before=_when(args.not_before),
+                              not_after=_when(args.not_after))
     prov.save_trust(store)
     entry = store.get(info.public_key.keyid)
     print(f"trust.json: '{entry.name}' ({entry.keyid[:16]}…) trusted as {', '.join(entry.roles)}; commit trust.json")

@@ -46,7 +46,7 @@ def _quiet() -> Any:
     from dvc.ui import ui
 
     was = ui._enabled
-    ui.enable(False) if hasattr(ui, "enable") else None
+    ui._enabled = False
     dvc_log = logging.getLogger("dvc")
     level = dvc_log.level
     dvc_log.setLevel(logging.ERROR)
@@ -78,7 +78,7 @@ def track(root: str, rel: str, *, init: bool = False) -> dict[str, Any]:
     repo = open_repo(root, init=init)
     try:
         with _quiet():
-            repo.add(rel)
+            repo.add(os.path.join(root, rel))
     except DvcException as e:
         text = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
         raise DatasetError(f"{rel}: dvc add failed: {text}") from e
@@ -100,7 +100,7 @@ def restore(root: str, rel: str, dvc_info: dict[str, Any]) -> None:
     repo = open_repo(root)
     try:
         with _quiet():
-            repo.checkout(targets=[dvcfile], force=True)
+            repo.checkout(targets=[os.path.join(root, dvcfile)], force=True)
     except DvcException as e:
         raise DatasetError(f"{rel}: dvc checkout failed: {e}; is the data in the DVC cache? try "
                            "'certus dataset pull'") from e
@@ -115,7 +115,7 @@ def _remote_call(root: str, what: str, remote: str | None, targets: list[str] | 
     try:
         with _quiet():
             fn = repo.push if what == "push" else repo.pull
-            res = fn(targets=targets, remote=remote)
+            res = fn(targets=[os.path.join(root, t) for t in targets] if targets else None, remote=remote)
     except DvcException as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DatasetError(f"dvc {what}: {msg}; configure a remote with 'dvc remote add -d NAME URL'") from e
