@@ -278,6 +278,7 @@ def test_push_clone_pull_same_hashes_and_verified_run(gov, tmp_path, capsys):
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(gov.root), str(clone)], check=True)
     from conftest import STEP  # noqa: F401  (the clone has step.py from git)
+
     from engine.cli import main
 
     assert not (clone / "data/raw/p.csv").exists()
