@@ -218,7 +218,7 @@ def scenario_table(eng: Engine, info: dict, repeat: int, timeout: float | None) 
     r["noop_status"] = eng.repeat("status", repeat, timeout=timeout,
                                   extra_env={"CERTUS_DEBUG_READS": "1"} if eng.name == "certus" else None)
     set_param(ws, info["middle"], 2)
-    r["param_status"] = eng.run("status", timeout=timeout)
+    r["param_status"] = eng.repeat("status", repeat, timeout=timeout)
     r["param_repro"] = eng.run("repro", timeout=timeout)
     set_param(ws, info["middle"], 1)
     r["revert_repro"] = eng.run("repro", timeout=timeout)
@@ -227,7 +227,7 @@ def scenario_table(eng: Engine, info: dict, repeat: int, timeout: float | None) 
     r["touch_status"] = eng.run("status", timeout=timeout, extra_env=dbg)
     touch(os.path.join(ws, "work.py"))
     r["touch_repro"] = eng.run("repro", timeout=timeout)
-    r["touch_status2"] = eng.run("status", timeout=timeout, extra_env=dbg)
+    r["touch_status2"] = eng.repeat("status", repeat, timeout=timeout, extra_env=dbg)
     return r
 
 
@@ -245,12 +245,12 @@ def scenario_status_only(eng: Engine, info: dict, repeat: int, timeout: float | 
     git_commit(ws)
     r["noop_status"] = eng.repeat("status", repeat, timeout=timeout)
     set_param(ws, info["middle"], 2)
-    r["param_status"] = eng.run("status", timeout=timeout)
+    r["param_status"] = eng.repeat("status", repeat, timeout=timeout)
     set_param(ws, info["middle"], 1)
     eng.run("status", timeout=timeout)
     touch(os.path.join(ws, "work.py"))
     r["touch_status"] = eng.run("status", timeout=timeout)
-    r["touch_status2"] = eng.run("status", timeout=timeout)
+    r["touch_status2"] = eng.repeat("status", repeat, timeout=timeout)
     return r
 
 

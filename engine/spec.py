@@ -399,6 +399,12 @@ def load_spec_text(text: str, *, path: str, config: Mapping[str, Any]) -> Pipeli
             probs.add(kp + ("register",), name, "register", "expected a mapping of dataset name -> output path")
             raw_reg = {}
         for ds_name, ds in raw_reg.items():
+            if isinstance(ds_name, str) and "${" in ds_name:  # mapping keys are interpolated too
+                try:
+                    ds_name = resolve_strings({"k": ds_name}, context)["k"]
+                except InterpolationFailure as e:
+                    probs.add(kp + ("register",), name, "register", f"interpolation '{e.expr}' does not resolve")
+                    continue
             ds = {"path": ds} if isinstance(ds, str) else ds
             if not isinstance(ds, dict) or not isinstance(ds.get("path"), str):
                 probs.add(kp + ("register", ds_name), name, "register", f"dataset '{ds_name}': expected a path "

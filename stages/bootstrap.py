@@ -1,0 +1,62 @@
+"""Set up the reference lifecycle's governance on this machine; safe to run again.
+
+1. export the raw data (scikit-learn's bundled wine data) to data/raw/wine.csv;
+2. create three demo keys in $CERTUS_HOME/keys (default ~/.certus/keys) if they are missing:
+   a data steward, an approver (a different person) and a trainer that also signs ledger
+   checkpoints. They are UNENCRYPTED demo keys: real keys are generated with a passphrase
+   (certus keys generate without --unencrypted);
+3. trust them in trust.json;
+4. track the raw data with DVC and register it (signed manifest, schema-checked);
+5. approve it with the approver's key.
+
+After this, `certus repro` runs the lifecycle on approved data and signs its provenance.
+"""
+
+import os
+import sys
+
+from engine.cli import main
+from engine.provenance import keys_dir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RAW = "data/raw/wine.csv"
+KEYS = (("demo-steward", "data-steward"), ("demo-approver", "approver"), ("demo-trainer", "trainer"))
+
+
+def certus(*args: str) -> None:
+    code = main(["-C", ROOT, *args])
+    if code != 0:
+        sys.exit(f"bootstrap: 'certus {' '.join(args)}' failed (exit {code})")
+
+
+def run() -> None:
+    sys.path.insert(0, os.path.join(ROOT, "stages"))
+    from ingest import export
+
+    raw = os.path.join(ROOT, RAW)
+    if not os.path.exists(raw):
+        export("wine", raw)
+        print(f"bootstrap: exported {RAW}")
+    os.makedirs(keys_dir(), exist_ok=True)
+    for name, role in KEYS:
+        if not os.path.exists(os.path.join(keys_dir(), f"{name}.key")):
+            certus("keys", "generate", "--name", name, "--role", role, "--unencrypted")
+    for name, role in KEYS:
+        roles = ["--role", role] + (["--role", "ledger"] if role == "trainer" else [])
+        certus("keys", "trust", os.path.join(keys_dir(), f"{name}.pub"), *roles)
+    from engine.datasets import Registry
+
+    reg = Registry.load(ROOT)
+    if "wine-raw" not in reg.entries:
+        certus("dataset", "add", RAW, "--name", "wine-raw", "--init", "--key", "demo-steward",
+               "--source", "scikit-learn bundled copy of the UCI Wine Recognition data (Aeberhard & Forina)",
+               "--schema", "conf/schema/wine.yaml", "--sensitivity", "public", "--retention", "3650d",
+               "--license", "CC-BY-4.0", "--owner", "demo-steward")
+        reg = Registry.load(ROOT)
+    if reg.resolve("wine-raw").approval is None:
+        certus("dataset", "approve", "wine-raw", "--key", "demo-approver")
+    print("bootstrap: governance ready; now run 'certus repro'")
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,658 @@
+"""`certus verify` against tampering: one mutation per test, each must fail and name what changed.
+
+A signed workspace with three runs (defaults; b.y=2; c.z=2, which also restores b) is built once
+per module and copied for every test, together with its own CERTUS_HOME (keys and the verifier's
+witness). Validly signed forgeries are made with the engine's own APIs and the workspace's keys,
+as an attacker holding them would. The crash tests kill a real `certus repro` at each durable step
+of its ledger append and go through `certus verify` and `certus ledger repair` (the unit-level
+crash tests of the ledger itself are in test_ledger.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import BIN, DIAMOND, DIAMOND_CONF, STEP, Workspace
+
+from engine.adapters.keys import load_signer
+from engine.canonical import canonical_bytes
+from engine.cli import main
+from engine.dsse import sign_envelope
+from engine.ledger import Ledger, encode_frame
+from engine.note import Note
+from engine.provenance import NoteSignerAdapter, Provenance
+from engine.records import RUN_TYPE, attestation_root
+from engine.workspace import Workspace as EngineWorkspace
+
+pytestmark = pytest.mark.integration
+
+PASSPHRASE = "tamper-tests"
+REPO = Path(__file__).resolve().parents[1]
+GITIGNORE = (".certus/cache/\n.certus/tmp/\n.certus/logs/\n.certus/runs/\n.certus/state.db*\n.certus/lock\n"
+             ".certus/running.json\nruns.log\ntimes.log\n")
+LEDGER = Path(".certus/ledger")
+PROV = Path(".certus/provenance")
+
+
+def _env(mp: pytest.MonkeyPatch, base: Path) -> None:
+    (base / "userhome").mkdir(exist_ok=True)
+    mp.setenv("HOME", str(base / "userhome"))
+    mp.setenv("CERTUS_HOME", str(base / "home"))
+    mp.setenv("CERTUS_KEY_PASSPHRASE", PASSPHRASE)
+    mp.setenv("CERTUS_KDF_FAST", "1")
+    mp.setenv("PATH", BIN + os.pathsep + os.environ.get("PATH", ""))
+    for var in ("GIT_AUTHOR", "GIT_COMMITTER"):
+        mp.setenv(f"{var}_NAME", "Test")
+        mp.setenv(f"{var}_EMAIL", "test@example.com")
+    mp.delenv("CERTUS_KEY", raising=False)
+    mp.delenv("CERTUS_LEDGER_KEY", raising=False)
+
+
+def _certus(root: Path, *args: str) -> None:
+    assert main(["-C", str(root), *args]) == 0, args
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """base/ws: 3 signed runs; base/ledger2: its ledger after 2 runs; base/fork: a different 3rd run."""
+    base = tmp_path_factory.mktemp("signed3")
+    with pytest.MonkeyPatch.context() as mp:
+        _env(mp, base)
+        w = Workspace(base / "ws")
+        w.root.mkdir()
+        w.write("step.py", STEP)
+        w.write(".gitignore", GITIGNORE)
+        w.write("conf/config.yaml", DIAMOND_CONF)
+        w.write("pipelines/p.yaml", DIAMOND)
+        w.write("in.txt", "input v1\n")
+        subprocess.run(["git", "init", "-q"], cwd=w.root, check=True)
+        _certus(w.root, "keys", "generate", "--name", "alice", "--role", "trainer")
+        _certus(w.root, "keys", "trust", str(base / "home/keys/alice.pub"), "--role", "trainer", "--role", "ledger")
+        w.commit("diamond, trusting alice")
+        _certus(w.root, "repro")
+        _certus(w.root, "repro", "b.y=2")
+        shutil.copytree(w.root / LEDGER, base / "ledger2")
+        shutil.copytree(w.root, base / "fork", symlinks=True)
+        _certus(w.root, "repro", "c.z=2")
+        _certus(base / "fork", "repro", "c.z=3")
+    return base
+
+
+@dataclass
+class Signed:
+    base: Path
+    capsys: pytest.CaptureFixture[str]
+
+    @property
+    def root(self) -> Path:
+        return self.base / "ws"
+
+    @property
+    def home(self) -> Path:
+        return self.base / "home"
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / LEDGER
+
+    def certus(self, *args: str) -> tuple[int, str]:
+        self.capsys.readouterr()
+        rc = main(["-C", str(self.root), *args])
+        out = self.capsys.readouterr()
+        return rc, out.out + out.err
+
+    def verify_ok(self, *args: str) -> None:
+        rc, text = self.certus("verify", *args)
+        assert rc == 0, text
+
+    def verify_fails(self, *args: str) -> str:
+        """Run `certus verify`; it must exit non-zero. Returns everything it printed."""
+        rc, text = self.certus("verify", *args)
+        assert rc != 0, text
+        return text
+
+    def report(self, *args: str) -> dict[str, Any]:
+        rc, text = self.certus("verify", "--json", *args)
+        rep = json.loads(text)
+        assert (rc == 0) == rep["ok"]
+        return rep
+
+    # -- reading and writing the files --------------------------------------------------------
+
+    def frames(self) -> list[bytes]:
+        return (self.ledger / "entries.jsonl").read_bytes().splitlines(keepends=True)
+
+    def write_frames(self, frames: list[bytes]) -> None:
+        (self.ledger / "entries.jsonl").write_bytes(b"".join(frames))
+
+    def entries(self) -> list[bytes]:
+        return [base64.b64decode(json.loads(f)["entry"]) for f in self.frames()]
+
+    def runs(self) -> list[str]:
+        return [payload(e)["run_id"] for e in self.entries()]
+
+    def bundle_path(self, run_id: str) -> Path:
+        return self.root / PROV / f"{run_id}.dsse.jsonl"
+
+    def bundle(self, run_id: str) -> list[bytes]:
+        return self.bundle_path(run_id).read_bytes().splitlines(keepends=True)
+
+    def signer(self, name: str, directory: str = "keys") -> Any:
+        return load_signer(self.home / directory / f"{name}.key")
+
+    def prov(self) -> Provenance:
+        return Provenance(EngineWorkspace.discover(str(self.root)))
+
+
+@pytest.fixture
+def t(template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Signed:
+    base = tmp_path / "t"
+    shutil.copytree(template, base, symlinks=True)
+    _env(monkeypatch, base)
+    monkeypatch.chdir(base / "ws")
+    s = Signed(base, capsys)
+    assert not (s.home / "witness").exists()
+    return s
+
+
+def cj(obj: Any) -> bytes:
+    return canonical_bytes(obj)
+
+
+def payload(envelope: bytes) -> dict[str, Any]:
+    return json.loads(base64.b64decode(json.loads(envelope)["payload"]))
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def stage_of(line: bytes) -> str:
+    return payload(line)["predicate"]["buildDefinition"]["externalParameters"]["stage"]
+
+
+def forged_record(t: Signed, signer: Any, run_id: str, **changes: Any) -> bytes:
+    """A run record that extends the chain correctly and claims no attestations, signed by ``signer``."""
+    last = t.entries()[-1]
+    rec = dict(payload(last), run_id=run_id, previous=sha256(last), attestations=[], stages={},
+               merkle_root=attestation_root([]), failed=[])
+    rec.update(changes)
+    return sign_envelope(RUN_TYPE, cj(rec), [signer]).to_json_bytes()
+
+
+def append_entry(t: Signed, entry: bytes) -> None:
+    """Append through the engine's ledger, with a valid checkpoint signed by the ledger key."""
+    t.prov().open_ledger(create=False).append(entry, NoteSignerAdapter(t.signer("alice")))
+
+
+# -- 1. artifacts ----------------------------------------------------------------------------------
+
+
+def test_workspace_output_byte_changed(t: Signed) -> None:
+    t.verify_ok("--artifacts")
+    p = t.root / "out/d.txt"
+    data = bytearray(p.read_bytes())
+    data[0] ^= 0x01
+    os.chmod(p, 0o644)
+    p.write_bytes(bytes(data))
+    text = t.verify_fails("--artifacts")
+    assert "workspace file out/d.txt: sha256 " in text and "the file was modified after it was produced" in text
+
+
+def cache_object(t: Signed, digest: str) -> Path:
+    hexd = digest.split(":", 1)[1]
+    return t.root / ".certus/cache" / hexd[:2] / hexd[2:]
+
+
+def flip_first_byte(p: Path) -> None:
+    data = bytearray(p.read_bytes())
+    data[0] ^= 0x01
+    os.chmod(p, 0o644)
+    p.write_bytes(bytes(data))
+
+
+def test_cache_object_byte_changed(t: Signed) -> None:
+    runs = t.runs()
+    digest = payload(t.entries()[2])["stages"]["d"]["outs"]["out/d.txt"]
+    obj = cache_object(t, digest)
+    flip_first_byte(obj)
+    text = t.verify_fails("--artifacts")
+    assert f"cache object for out/d.txt (run {runs[2]}): cache object {obj} hashes to sha256:" in text
+    assert f"expected {digest}" in text
+
+
+def test_cache_object_of_an_older_attested_output_changed(t: Signed) -> None:
+    # out/b.txt of run 1 (b.y=2) is attested by run 1 only: run 2 restored the b.y=1 version. The
+    # run cache still serves it (`certus repro b.y=2` restores it), and verify's docstring promises
+    # "every attested cache object re-hashed" with --artifacts.
+    runs = t.runs()
+    digest = payload(t.entries()[1])["stages"]["b"]["outs"]["out/b.txt"]
+    assert digest != payload(t.entries()[2])["stages"]["b"]["outs"]["out/b.txt"]
+    obj = cache_object(t, digest)
+    flip_first_byte(obj)
+    text = t.verify_fails("--artifacts")
+    assert f"cache object for out/b.txt (run {runs[1]}): cache object {obj} hashes to sha256:" in text
+
+
+# -- 2. a param in a signed run record ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("leaf", ["stale leaf", "leaf recomputed"])
+def test_run_record_param_changed(t: Signed, leaf: str) -> None:
+    t.verify_ok()
+    runs = t.runs()
+    frames = t.frames()
+    frame = json.loads(frames[1])
+    env = json.loads(base64.b64decode(frame["entry"]))
+    rec = json.loads(base64.b64decode(env["payload"]))
+    assert rec["config"]["b"] == {"y": 2} and rec["overrides"] == ["b.y=2"]
+    rec["config"]["b"]["y"] = 3
+    rec["overrides"] = ["b.y=3"]
+    env["payload"] = base64.b64encode(cj(rec)).decode()
+    entry = cj(env)
+    if leaf == "leaf recomputed":
+        frames[1] = encode_frame(1, entry)
+    else:
+        frames[1] = cj({**frame, "entry": base64.b64encode(entry).decode()}) + b"\n"
+    t.write_frames(frames)
+    text = t.verify_fails()
+    if leaf == "leaf recomputed":
+        assert f"ledger entry 1 (run {runs[1]}): signature keyid " in text
+        assert "signature does not verify" in text
+        assert "checkpoint: root " in text and "is not the root of entries 0..2" in text
+        assert "checkpoints.jsonl: line 2: root of size 2 does not match entries 0..1" in text
+        assert "line 1: root" not in text
+        assert f"ledger entry 2 (run {runs[2]}): previous-record hash" in text
+    else:
+        assert "entries.jsonl: entry 1: leaf hash mismatch" in text
+
+
+def test_verify_json_reports_a_corrupt_frame_instead_of_aborting(t: Signed) -> None:
+    # `certus verify --json` promises a report; a frame whose leaf does not match its entry makes
+    # Provenance.items() raise out of verify_workspace, so there is no JSON and only one problem.
+    frames = t.frames()
+    frame = json.loads(frames[1])
+    frames[1] = cj({**frame, "entry": base64.b64encode(b'{"not":"the signed entry"}').decode()}) + b"\n"
+    t.write_frames(frames)
+    rc, text = t.certus("verify", "--json")
+    assert rc != 0
+    report = json.loads(text)
+    assert report["ok"] is False
+    assert any("entries.jsonl: entry 1: leaf hash mismatch" in f for f in report["failures"])
+
+
+# -- 3-5. attestations ----------------------------------------------------------------------------
+
+
+def test_attestation_signature_byte_changed(t: Signed) -> None:
+    run0 = t.runs()[0]
+    lines = t.bundle(run0)
+    assert stage_of(lines[1]) == "b"
+    env = json.loads(lines[1])
+    sig = bytearray(base64.b64decode(env["signatures"][0]["sig"]))
+    sig[10] ^= 0x01
+    env["signatures"][0]["sig"] = base64.b64encode(bytes(sig)).decode()
+    lines[1] = cj(env) + b"\n"
+    t.bundle_path(run0).write_bytes(b"".join(lines))
+    text = t.verify_fails()
+    where = f"ledger entry 0 (run {run0}): attestation for stage 'b'"
+    assert f"{where}: signature keyid " in text and "signature does not verify" in text
+    assert f"{where}: envelope digest " in text
+
+
+def test_attestation_payload_type_changed(t: Signed) -> None:
+    run0 = t.runs()[0]
+    lines = t.bundle(run0)
+    env = json.loads(lines[2])
+    env["payloadType"] = "application/vnd.certus.run+json"
+    lines[2] = cj(env) + b"\n"
+    t.bundle_path(run0).write_bytes(b"".join(lines))
+    text = t.verify_fails()
+    assert (f"ledger entry 0 (run {run0}): attestation for stage 'c': payloadType "
+            "'application/vnd.certus.run+json', expected 'application/vnd.in-toto+json'") in text
+
+
+def test_attestation_replayed_from_another_stage(t: Signed) -> None:
+    run0 = t.runs()[0]
+    lines = t.bundle(run0)
+    assert [stage_of(line) for line in lines] == ["a", "b", "c", "d", "e"]
+    lines[1] = lines[2]  # c's valid attestation where b's was
+    t.bundle_path(run0).write_bytes(b"".join(lines))
+    text = t.verify_fails()
+    assert f"ledger entry 0 (run {run0}): attestation for stage 'b': missing from" in text
+
+
+def test_attestation_replayed_from_another_run(t: Signed) -> None:
+    run0, run1, _ = t.runs()
+    lines = t.bundle(run1)
+    assert [stage_of(line) for line in lines] == ["b", "d"]
+    lines[0] = t.bundle(run0)[1]  # run 0's valid attestation of stage b (same outputs path)
+    t.bundle_path(run1).write_bytes(b"".join(lines))
+    text = t.verify_fails()
+    where = f"ledger entry 1 (run {run1}): attestation for stage 'b'"
+    assert f"{where}: statement is for stage 'b' of run '{run0}'" in text
+    assert "replayed" in text
+    assert f"{where}: envelope digest " in text
+
+
+# -- 6, 9. the ledger's entries -------------------------------------------------------------------
+
+
+def test_entry_in_the_middle_replaced_by_a_validly_signed_one(t: Signed) -> None:
+    runs = t.runs()
+    entries = t.entries()
+    rec = payload(entries[1])
+    rec["config"]["b"]["y"] = 3
+    rec["overrides"] = ["b.y=3"]
+    forged = sign_envelope(RUN_TYPE, cj(rec), [t.signer("alice")]).to_json_bytes()  # the trainer key itself
+    frames = t.frames()
+    frames[1] = encode_frame(1, forged)
+    t.write_frames(frames)
+    text = t.verify_fails()
+    assert "checkpoints.jsonl: line 2: root of size 2 does not match entries 0..1" in text
+    assert "line 1: root" not in text
+    assert f"ledger entry 2 (run {runs[2]}): previous-record hash" in text
+    assert "the chain of runs is broken" in text
+
+
+def test_history_rewritten_from_the_middle_and_resigned(t: Signed) -> None:
+    # An attacker holding every key rewrites entry 1, re-links entry 2 and re-signs every
+    # checkpoint: a self-consistent ledger. Only the verifier's memory of what it saw catches it.
+    t.verify_ok()
+    runs = t.runs()
+    old = t.entries()
+    alice = t.signer("alice")
+    rec1 = payload(old[1])
+    rec1["config"]["b"]["y"] = 3
+    new1 = sign_envelope(RUN_TYPE, cj(rec1), [alice]).to_json_bytes()
+    rec2 = dict(payload(old[2]), previous=sha256(new1))
+    new2 = sign_envelope(RUN_TYPE, cj(rec2), [alice]).to_json_bytes()
+    origin = (t.ledger / "checkpoint").read_text().splitlines()[0]
+    shutil.rmtree(t.ledger)
+    led = Ledger.open(t.ledger, origin=origin)
+    for entry in (old[0], new1, new2):
+        led.append(entry, NoteSignerAdapter(alice))
+    rep = t.report()
+    assert not rep["ok"]
+    assert len(rep["failures"]) == 1, rep["failures"]
+    assert rep["failures"][0].startswith(".certus/ledger: not consistent with the checkpoint this verifier saw before")
+    assert "history rewritten, reordered or forked" in rep["failures"][0]
+    assert runs == t.runs()
+
+
+def test_entries_reordered(t: Signed) -> None:
+    frames = t.frames()
+    frames[0], frames[1] = frames[1], frames[0]
+    t.write_frames(frames)
+    text = t.verify_fails()
+    assert "entries.jsonl: entry 0: index field says 1: entries reordered, inserted or removed" in text
+
+
+def test_entries_reordered_and_renumbered(t: Signed) -> None:
+    runs = t.runs()
+    entries = t.entries()
+    entries[1], entries[2] = entries[2], entries[1]
+    t.write_frames([encode_frame(i, e) for i, e in enumerate(entries)])
+    text = t.verify_fails()
+    assert "checkpoints.jsonl: line 2: root of size 2 does not match entries 0..1" in text
+    assert f"ledger entry 1 (run {runs[2]}): previous-record hash" in text
+    assert f"ledger entry 2 (run {runs[1]}): previous-record hash" in text
+
+
+# -- 7, 8. truncation and forks, caught by the witness --------------------------------------------
+
+
+def test_ledger_truncated_consistently_is_caught_by_the_witness(t: Signed) -> None:
+    t.verify_ok()  # the witness remembers size 3
+    shutil.rmtree(t.ledger)
+    shutil.copytree(t.base / "ledger2", t.ledger)  # entries, checkpoints, checkpoint and state of size 2
+    rep = t.report()
+    assert len(rep["failures"]) == 1, rep["failures"]  # self-consistent: only the witness objects
+    assert rep["failures"][0].startswith(".certus/ledger: not consistent with the checkpoint this verifier saw "
+                                         "before (size 3, root ")
+    assert "size 2 is smaller than the last seen size 3: entries were removed" in rep["failures"][0]
+    assert "entries were removed" in t.verify_fails()
+    shutil.rmtree(t.home / "witness")
+    t.verify_ok()  # a verifier that never saw size 3 cannot tell
+
+
+def test_tail_replaced_by_a_validly_signed_fork(t: Signed) -> None:
+    t.verify_ok()
+    mine, fork = t.runs(), None
+    shutil.rmtree(t.ledger)
+    shutil.copytree(t.base / "fork" / LEDGER, t.ledger)
+    for p in (t.base / "fork" / PROV).glob("*.dsse.jsonl"):
+        shutil.copy(p, t.root / PROV / p.name)
+    fork = t.runs()
+    assert fork[:2] == mine[:2] and fork[2] != mine[2]
+    rep = t.report()
+    assert len(rep["failures"]) == 1, rep["failures"]
+    assert "not consistent with the checkpoint this verifier saw before (size 3, root" in rep["failures"][0]
+    assert "is not an append-only extension" in rep["failures"][0]
+    assert "forked" in t.verify_fails()
+
+
+# -- 10. keys: without the role, unknown, revoked -------------------------------------------------
+
+
+def test_key_without_the_trainer_role(t: Signed) -> None:
+    rc, _ = t.certus("keys", "generate", "--name", "mallory", "--role", "data-steward", "--dir", str(t.home / "other"))
+    assert rc == 0
+    assert t.certus("keys", "trust", str(t.home / "other/mallory.pub"), "--role", "data-steward")[0] == 0
+    before = t.entries()
+    lock = (t.root / "certus.lock").read_bytes()
+    os.environ["CERTUS_KEY"] = str(t.home / "other/mallory.key")  # the fixture's monkeypatch restores it
+    (t.root / "runs.log").unlink(missing_ok=True)
+    rc, text = t.certus("repro", "c.z=5")
+    assert rc != 0
+    assert "no usable 'trainer' key" in text and "key 'mallory'" in text and "lacks role 'trainer'" in text
+    assert not (t.root / "runs.log").exists()  # refused before any stage ran
+    assert t.entries() == before and (t.root / "certus.lock").read_bytes() == lock
+    del os.environ["CERTUS_KEY"]
+
+    append_entry(t, forged_record(t, t.signer("mallory", "other"), "forged-by-mallory"))
+    text = t.verify_fails()
+    assert "ledger entry 3 (run forged-by-mallory): signature keyid " in text
+    assert "key 'mallory'" in text and "lacks role 'trainer' (has data-steward)" in text
+
+
+def test_key_not_in_the_trust_file(t: Signed) -> None:
+    assert t.certus("keys", "generate", "--name", "eve", "--role", "trainer", "--dir", str(t.home / "other"))[0] == 0
+    eve = t.signer("eve", "other")
+    os.environ["CERTUS_KEY"] = str(t.home / "other/eve.key")
+    rc, text = t.certus("repro", "c.z=5")
+    assert rc != 0 and "no usable 'trainer' key" in text and f"unknown key {eve.keyid}" in text
+    del os.environ["CERTUS_KEY"]
+
+    append_entry(t, forged_record(t, eve, "forged-by-eve"))
+    text = t.verify_fails()
+    assert f"ledger entry 3 (run forged-by-eve): signature keyid {eve.keyid[:16]}…: unknown key {eve.keyid}" in text
+    assert "not in the trust file" in text
+
+
+def _run_with_bob(t: Signed) -> dict[str, Any]:
+    """Trust a trainer key 'bob', commit, and make run 3 (c.z=5) signed by it."""
+    assert t.certus("keys", "generate", "--name", "bob", "--role", "trainer")[0] == 0
+    assert t.certus("keys", "trust", str(t.home / "keys/bob.pub"), "--role", "trainer")[0] == 0
+    subprocess.run(["git", "commit", "-qam", "trust bob"], cwd=t.root, check=True)
+    os.environ["CERTUS_KEY"] = "bob"
+    rc, text = t.certus("repro", "c.z=5")
+    assert rc == 0, text
+    rec = payload(t.entries()[-1])
+    bob = t.signer("bob").keyid
+    assert json.loads(t.entries()[-1])["signatures"][0]["keyid"] == bob
+    return rec
+
+
+def test_key_revoked_before_a_run_it_signed(t: Signed) -> None:
+    rec = _run_with_bob(t)
+    t.verify_ok()
+    started = datetime.fromisoformat(rec["started"].replace("Z", "+00:00"))
+    at = (started - timedelta(seconds=1)).isoformat()
+    assert t.certus("keys", "revoke", "bob", "--reason", "laptop lost", "--at", at)[0] == 0
+    text = t.verify_fails()
+    where = f"ledger entry 3 (run {rec['run_id']})"
+    assert f"{where}: signature keyid " in text
+    assert "key 'bob'" in text and "revoked at " in text and "(laptop lost)" in text
+    assert f"{where}: attestation for stage 'c': signature keyid " in text
+    assert "ledger entry 2" not in text  # revocation is not retroactive: alice's runs still verify
+    rc, text = t.certus("repro", "c.z=6")  # and bob can no longer sign
+    assert rc != 0 and "key 'bob'" in text and "revoked at" in text
+
+
+def test_key_revoked_at_the_instant_of_its_signature(t: Signed) -> None:
+    # trust.py: "a signature made at or after T is rejected", to the microsecond. verify.py's
+    # _parse_time drops the record time's fraction of a second, so a signature made up to one
+    # second after the revocation still verifies.
+    rec = _run_with_bob(t)
+    assert rec["finished"].endswith("Z") and "." in rec["finished"]
+    assert t.certus("keys", "revoke", "bob", "--reason", "laptop lost", "--at", rec["finished"])[0] == 0
+    text = t.verify_fails()
+    assert f"ledger entry 3 (run {rec['run_id']}): signature keyid " in text and "revoked at " in text
+
+
+# -- 11. the checkpoint ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [2, 4])
+@pytest.mark.parametrize("resign", [False, True], ids=["unsigned-edit", "re-signed"])
+def test_checkpoint_with_a_wrong_size(t: Signed, size: int, resign: bool) -> None:
+    path = t.ledger / "checkpoint"
+    note = path.read_text(encoding="utf-8")
+    origin, n, root = note.split("\n\n")[0].splitlines()
+    assert n == "3"
+    if resign:
+        note = Note.sign(f"{origin}\n{size}\n{root}\n", NoteSignerAdapter(t.signer("alice"))).to_text()
+    else:
+        note = note.replace(f"\n{n}\n", f"\n{size}\n", 1)
+    path.write_text(note, encoding="utf-8")
+    text = t.verify_fails()
+    assert ".certus/ledger/checkpoint" in text or ".certus/ledger/entries.jsonl" in text
+    if size == 2:
+        assert "checkpoint: root " in text and "is not the root of entries 0..1" in text
+        assert ("does not verify" in text) != resign
+    else:
+        assert "entry 3: missing (the checkpoint has 4)" in text
+
+
+def test_checkpoint_signed_by_a_key_without_the_ledger_role(t: Signed) -> None:
+    assert t.certus("keys", "generate", "--name", "bob", "--role", "trainer")[0] == 0
+    assert t.certus("keys", "trust", str(t.home / "keys/bob.pub"), "--role", "trainer")[0] == 0
+    path = t.ledger / "checkpoint"
+    body = path.read_text(encoding="utf-8").split("\n\n")[0] + "\n"
+    path.write_text(Note.sign(body, NoteSignerAdapter(t.signer("bob"))).to_text(), encoding="utf-8")
+    text = t.verify_fails()
+    assert ".certus/ledger/checkpoint: note: not signed by any trusted key (trusted: alice+" in text
+
+
+# -- crash injection through `certus verify` and `certus ledger repair` ------------------------------
+
+CRASHER = textwrap.dedent("""
+    import os, sys
+    import engine.ledger as ledger
+
+    step = sys.argv[1]
+    real_open = ledger.Ledger.open.__func__
+
+    def crashing_open(cls, path, *, origin, create=True, _hook=None):
+        def hook(name):
+            if name == step:
+                os._exit(97)
+        return real_open(cls, path, origin=origin, create=create, _hook=hook)
+
+    ledger.Ledger.open = classmethod(crashing_open)
+    from engine.cli import main
+    sys.exit(main(sys.argv[2:]))
+""")
+BEFORE_COMMIT = ["begin", "entries", "checkpoints", "checkpoint.tmp"]
+AFTER_COMMIT = ["checkpoint", "state.json.tmp", "state"]
+
+
+def crash_repro(t: Signed, step: str, *overrides: str) -> None:
+    p = subprocess.run([sys.executable, "-c", CRASHER, step, "-C", str(t.root), "repro", *overrides],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 97, p.stderr
+
+
+def test_crash_steps_are_the_ledgers() -> None:
+    steps: list[str] = []
+    Ledger.open(Path(os.environ.get("TMPDIR", "/tmp")) / f"certus-steps-{os.getpid()}", origin="x/y",
+                _hook=steps.append).append(b"x", _FakeNoteSigner())
+    assert steps == BEFORE_COMMIT + AFTER_COMMIT
+
+
+class _FakeNoteSigner:
+    name = "k"
+
+    def __init__(self) -> None:
+        import nacl.signing
+
+        self._key = nacl.signing.SigningKey(b"\x07" * 32)
+        self.public_key = bytes(self._key.verify_key)
+
+    def sign(self, msg: bytes) -> bytes:
+        return bytes(self._key.sign(msg).signature)
+
+
+@pytest.mark.parametrize("step", BEFORE_COMMIT + AFTER_COMMIT)
+def test_crash_during_ledger_append(t: Signed, step: str) -> None:
+    t.verify_ok()  # the witness remembers size 3
+    runs = t.runs()
+    crash_repro(t, step, "c.z=5")
+    rc, text = t.certus("verify")
+    if step in AFTER_COMMIT:  # committed: the crashed run's record is in and verifies
+        assert rc == 0, text
+        assert len(t.runs()) == 4 and t.runs()[:3] == runs
+    elif step == "begin":  # nothing written
+        assert rc == 0, text
+        assert t.runs() == runs
+    else:
+        assert rc != 0
+        assert ".certus/ledger/entries.jsonl: entries 3..3 are past the checkpoint (size 3): torn tail" in text
+        if step != "entries":
+            assert ".certus/ledger/checkpoints.jsonl: lines 4..4 are past the checkpoint: torn tail" in text
+    rc, text = t.certus("ledger", "repair")
+    assert rc == 0, text
+    if step in ("entries", "checkpoints", "checkpoint.tmp"):
+        assert "entries.jsonl: cut " in text and "(torn tail)" in text
+    t.verify_ok()
+    assert t.runs()[:3] == runs
+    assert not [p.name for p in t.ledger.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("step", ["checkpoint", "state"])
+def test_run_after_a_crash_past_the_commit_point_keeps_the_chain(t: Signed, step: str) -> None:
+    # The crashed run's record is committed, but .certus/provenance/HEAD (the cached hash of the
+    # last run record) was not updated; the next run must still link to the record before it.
+    crash_repro(t, step, "c.z=5")
+    assert t.certus("ledger", "repair")[0] == 0
+    t.verify_ok()
+    rc, text = t.certus("repro", "c.z=6")
+    assert rc == 0, text
+    entries = t.entries()
+    assert payload(entries[4])["previous"] == sha256(entries[3])
+    t.verify_ok()
+
+
+def test_repro_on_a_torn_ledger_refuses_before_running_stages(t: Signed) -> None:
+    # ProvenanceRepro.run promises to "fail before any stage runs if the run could not be signed";
+    # a ledger with a torn tail cannot take the record.
+    crash_repro(t, "entries", "c.z=5")
+    (t.root / "runs.log").unlink(missing_ok=True)
+    lock = (t.root / "certus.lock").read_bytes()
+    rc, text = t.certus("repro", "c.z=6")
+    assert rc != 0 and "torn tail" in text
+    assert not (t.root / "runs.log").exists(), "stages ran although the run could not be recorded"
+    assert (t.root / "certus.lock").read_bytes() == lock
