@@ -19,7 +19,7 @@ import subprocess
 import sys
 import textwrap
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Signed:
     base: Path
     capsys: pytest.CaptureFixture[str]
+    mp: pytest.MonkeyPatch
 
     @property
     def root(self) -> Path:
@@ -162,7 +163,7 @@ def t(template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: p
     shutil.copytree(template, base, symlinks=True)
     _env(monkeypatch, base)
     monkeypatch.chdir(base / "ws")
-    s = Signed(base, capsys)
+    s = Signed(base, capsys, monkeypatch)
     assert not (s.home / "witness").exists()
     return s
 
@@ -183,32 +184,17 @@ def stage_of(line: bytes) -> str:
     return payload(line)["predicate"]["buildDefinition"]["externalParameters"]["stage"]
 
 
-def forged_record(t: Signed, signer: Any, run_id: str, **changes: Any) -> bytes:
+def forged_record(t: Signed, signer: Any, run_id: str) -> bytes:
     """A run record that extends the chain correctly and claims no attestations, signed by ``signer``."""
     last = t.entries()[-1]
     rec = dict(payload(last), run_id=run_id, previous=sha256(last), attestations=[], stages={},
                merkle_root=attestation_root([]), failed=[])
-    rec.update(changes)
     return sign_envelope(RUN_TYPE, cj(rec), [signer]).to_json_bytes()
 
 
 def append_entry(t: Signed, entry: bytes) -> None:
     """Append through the engine's ledger, with a valid checkpoint signed by the ledger key."""
     t.prov().open_ledger(create=False).append(entry, NoteSignerAdapter(t.signer("alice")))
-
-
-# -- 1. artifacts ----------------------------------------------------------------------------------
-
-
-def test_workspace_output_byte_changed(t: Signed) -> None:
-    t.verify_ok("--artifacts")
-    p = t.root / "out/d.txt"
-    data = bytearray(p.read_bytes())
-    data[0] ^= 0x01
-    os.chmod(p, 0o644)
-    p.write_bytes(bytes(data))
-    text = t.verify_fails("--artifacts")
-    assert "workspace file out/d.txt: sha256 " in text and "the file was modified after it was produced" in text
 
 
 def cache_object(t: Signed, digest: str) -> Path:
@@ -221,6 +207,16 @@ def flip_first_byte(p: Path) -> None:
     data[0] ^= 0x01
     os.chmod(p, 0o644)
     p.write_bytes(bytes(data))
+
+
+# -- 1. artifacts ----------------------------------------------------------------------------------
+
+
+def test_workspace_output_byte_changed(t: Signed) -> None:
+    t.verify_ok("--artifacts")
+    flip_first_byte(t.root / "out/d.txt")
+    text = t.verify_fails("--artifacts")
+    assert "workspace file out/d.txt: sha256 " in text and "the file was modified after it was produced" in text
 
 
 def test_cache_object_byte_changed(t: Signed) -> None:
@@ -288,6 +284,7 @@ def test_verify_json_reports_a_corrupt_frame_instead_of_aborting(t: Signed) -> N
     t.write_frames(frames)
     rc, text = t.certus("verify", "--json")
     assert rc != 0
+    assert text.lstrip().startswith("{"), f"no JSON report, only: {text}"
     report = json.loads(text)
     assert report["ok"] is False
     assert any("entries.jsonl: entry 1: leaf hash mismatch" in f for f in report["failures"])
@@ -430,7 +427,7 @@ def test_ledger_truncated_consistently_is_caught_by_the_witness(t: Signed) -> No
 
 def test_tail_replaced_by_a_validly_signed_fork(t: Signed) -> None:
     t.verify_ok()
-    mine, fork = t.runs(), None
+    mine = t.runs()
     shutil.rmtree(t.ledger)
     shutil.copytree(t.base / "fork" / LEDGER, t.ledger)
     for p in (t.base / "fork" / PROV).glob("*.dsse.jsonl"):
@@ -453,14 +450,14 @@ def test_key_without_the_trainer_role(t: Signed) -> None:
     assert t.certus("keys", "trust", str(t.home / "other/mallory.pub"), "--role", "data-steward")[0] == 0
     before = t.entries()
     lock = (t.root / "certus.lock").read_bytes()
-    os.environ["CERTUS_KEY"] = str(t.home / "other/mallory.key")  # the fixture's monkeypatch restores it
+    t.mp.setenv("CERTUS_KEY", str(t.home / "other/mallory.key"))
     (t.root / "runs.log").unlink(missing_ok=True)
     rc, text = t.certus("repro", "c.z=5")
     assert rc != 0
     assert "no usable 'trainer' key" in text and "key 'mallory'" in text and "lacks role 'trainer'" in text
     assert not (t.root / "runs.log").exists()  # refused before any stage ran
     assert t.entries() == before and (t.root / "certus.lock").read_bytes() == lock
-    del os.environ["CERTUS_KEY"]
+    t.mp.delenv("CERTUS_KEY")
 
     append_entry(t, forged_record(t, t.signer("mallory", "other"), "forged-by-mallory"))
     text = t.verify_fails()
@@ -471,10 +468,10 @@ def test_key_without_the_trainer_role(t: Signed) -> None:
 def test_key_not_in_the_trust_file(t: Signed) -> None:
     assert t.certus("keys", "generate", "--name", "eve", "--role", "trainer", "--dir", str(t.home / "other"))[0] == 0
     eve = t.signer("eve", "other")
-    os.environ["CERTUS_KEY"] = str(t.home / "other/eve.key")
+    t.mp.setenv("CERTUS_KEY", str(t.home / "other/eve.key"))
     rc, text = t.certus("repro", "c.z=5")
     assert rc != 0 and "no usable 'trainer' key" in text and f"unknown key {eve.keyid}" in text
-    del os.environ["CERTUS_KEY"]
+    t.mp.delenv("CERTUS_KEY")
 
     append_entry(t, forged_record(t, eve, "forged-by-eve"))
     text = t.verify_fails()
@@ -487,7 +484,7 @@ def _run_with_bob(t: Signed) -> dict[str, Any]:
     assert t.certus("keys", "generate", "--name", "bob", "--role", "trainer")[0] == 0
     assert t.certus("keys", "trust", str(t.home / "keys/bob.pub"), "--role", "trainer")[0] == 0
     subprocess.run(["git", "commit", "-qam", "trust bob"], cwd=t.root, check=True)
-    os.environ["CERTUS_KEY"] = "bob"
+    t.mp.setenv("CERTUS_KEY", "bob")
     rc, text = t.certus("repro", "c.z=5")
     assert rc == 0, text
     rec = payload(t.entries()[-1])
@@ -543,8 +540,9 @@ def test_checkpoint_with_a_wrong_size(t: Signed, size: int, resign: bool) -> Non
     if size == 2:
         assert "checkpoint: root " in text and "is not the root of entries 0..1" in text
         assert ("does not verify" in text) != resign
-    else:
-        assert "entry 3: missing (the checkpoint has 4)" in text
+    else:  # more entries claimed than there are
+        assert "entry 3: missing (the checkpoint has 4)" in text or (
+            "checkpoint: size 4, but " in text and "entries.jsonl holds 3 entries" in text)
 
 
 def test_checkpoint_signed_by_a_key_without_the_ledger_role(t: Signed) -> None:
@@ -584,26 +582,6 @@ def crash_repro(t: Signed, step: str, *overrides: str) -> None:
     p = subprocess.run([sys.executable, "-c", CRASHER, step, "-C", str(t.root), "repro", *overrides],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 97, p.stderr
-
-
-def test_crash_steps_are_the_ledgers() -> None:
-    steps: list[str] = []
-    Ledger.open(Path(os.environ.get("TMPDIR", "/tmp")) / f"certus-steps-{os.getpid()}", origin="x/y",
-                _hook=steps.append).append(b"x", _FakeNoteSigner())
-    assert steps == BEFORE_COMMIT + AFTER_COMMIT
-
-
-class _FakeNoteSigner:
-    name = "k"
-
-    def __init__(self) -> None:
-        import nacl.signing
-
-        self._key = nacl.signing.SigningKey(b"\x07" * 32)
-        self.public_key = bytes(self._key.verify_key)
-
-    def sign(self, msg: bytes) -> bytes:
-        return bytes(self._key.sign(msg).signature)
 
 
 @pytest.mark.parametrize("step", BEFORE_COMMIT + AFTER_COMMIT)
