@@ -221,7 +221,9 @@ class Provenance:
 
     def append_event(self, kind: str, subject: str, details: Mapping[str, Any], *, role: str | None = None) -> int:
         ev = Event(kind=kind, time=rfc3339(now_utc().timestamp()), subject=subject, details=details)
+        previous = self.previous_run_hash()
         index, _ = self.append(EVENT_TYPE, ev.to_dict(), role or EVENT_ROLES.get(kind, "trainer"))
+        self._write_head(previous, index + 1)
         return index
 
     def items(self) -> Iterator[LedgerItem]:
@@ -241,16 +243,31 @@ class Provenance:
         return self.ws.p(PROV_DIR, "HEAD")
 
     def previous_run_hash(self) -> str | None:
+        """Hash of the last run record in the ledger.
+
+        ``.certus/provenance/HEAD`` remembers it with the ledger size it was written at; it is
+        trusted only while the ledger still has exactly that size (a crash between the ledger
+        commit and the HEAD write, or an append since, makes us read the ledger instead).
+        """
+        ledger = self.open_ledger(create=True)
         try:
             with open(self._head_path(), "rb") as f:
-                return str(json.loads(f.read())["sha256"])
-        except (OSError, ValueError, KeyError):
+                head = json.loads(f.read())
+            if int(head["ledger_size"]) == ledger.size:
+                return head["sha256"] if head["sha256"] else None
+        except (OSError, ValueError, KeyError, TypeError):
             pass
         last = None
-        for item in self.items():
-            if item.envelope is not None and item.envelope.payload_type == RUN_TYPE:
-                last = sha256_hex(item.raw)
+        for raw in ledger.entries():
+            try:
+                if Envelope.from_json_bytes(raw).payload_type == RUN_TYPE:
+                    last = sha256_hex(raw)
+            except SignatureError:
+                continue
         return last
+
+    def _write_head(self, sha: str | None, ledger_size: int) -> None:
+        atomic_write(self._head_path(), json.dumps({"sha256": sha or "", "ledger_size": ledger_size}).encode())
 
     # -- runs ------------------------------------------------------------------------------------
 
@@ -336,8 +353,7 @@ class Provenance:
             failed=sorted(n for n, o in result.outcomes.items() if o.state == "failed"),
         )
         index, data = self.append(RUN_TYPE, record.to_dict(), "trainer")
-        atomic_write(self._head_path(), json.dumps({"run_id": result.run_id, "sha256": sha256_hex(data),
-                                                    "index": index}).encode())
+        self._write_head(sha256_hex(data), index + 1)
         return record
 
 

@@ -22,11 +22,17 @@ class ProvenanceRepro(Repro):
         self.record: Any = None
 
     def run(self) -> ReproResult:
-        from engine.provenance import git_state
-
         # fail before any stage runs if the run could not be signed
+        from engine.errors import LedgerError
+        from engine.provenance import git_state, ledger_dir
+
         self.prov.signer("trainer")
         self.prov.signer("ledger")
+        status = self.prov.open_ledger().status()
+        if not status.ok:
+            problems = [str(t) for t in status.torn_tails] + list(status.damage)
+            raise LedgerError(f"{ledger_dir(self.ws)}: {'; '.join(problems)}; nothing was run: run 'certus verify' "
+                              "for details and 'certus ledger repair' to cut a torn tail")
         self._git = git_state(self.ws.root)
         return super().run()
 

@@ -169,10 +169,18 @@ def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool =
     elif ledger.checkpoint() is not None:
         current = ledger.checkpoint()
 
-    items = list(prov.items())
+    try:
+        items = list(prov.items())
+    except EngineError as e:  # a damaged frame: keep what verify_structure found, report this too
+        report.fail(f"{rel}: entries unreadable past a damaged frame: {e}".replace(ldir, rel))
+        items = []
     previous_run: str | None = None
     latest_outs: dict[str, tuple[str, str]] = {}  # path -> (digest, run) from the newest attestation
-    leaves = ledger.leaf_hashes() if not structure else []
+    attested: list[tuple[str, str, str]] = []  # every (path, digest, run) any attestation signed
+    try:
+        leaves = ledger.leaf_hashes() if not structure else []
+    except EngineError:
+        leaves = []
     cp = ledger.checkpoint()
     for item in items:
         where = f"ledger entry {item.index}"
@@ -215,7 +223,7 @@ def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool =
         previous_run = sha256_hex(item.raw)
         if run is not None and payload.get("run_id") != run:
             continue
-        _verify_run(prov, payload, trust, at, where, report, latest_outs)
+        _verify_run(prov, payload, trust, at, where, report, latest_outs, attested)
 
     if run is None:
         _verify_datasets(ws, trust, items, report)
@@ -223,7 +231,7 @@ def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool =
     if run is not None and not any(i.payload and i.payload.get("run_id") == run for i in items):
         report.fail(f"run '{run}': not in the ledger; see 'certus log'")
     if artifacts:
-        _verify_artifacts(ws, latest_outs, report)
+        _verify_artifacts(ws, latest_outs, attested, report)
     if update_witness and report.ok and current is not None:
         wpath.parent.mkdir(parents=True, exist_ok=True)
         wpath.write_text(json.dumps({"origin": current.origin, "size": current.size,
@@ -232,7 +240,8 @@ def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool =
 
 
 def _verify_run(prov: Any, rec: dict[str, Any], trust: TrustStore, at: datetime, where: str,
-                report: VerifyReport, latest_outs: dict[str, tuple[str, str]]) -> None:
+                report: VerifyReport, latest_outs: dict[str, tuple[str, str]],
+                attested: list[tuple[str, str, str]]) -> None:
     from engine.provenance import sha256_hex
 
     run_id = rec.get("run_id", "?")
@@ -287,6 +296,7 @@ def _verify_run(prov: Any, rec: dict[str, Any], trust: TrustStore, at: datetime,
             continue
         for path, digest in subjects.items():
             latest_outs[path] = (digest, run_id)
+            attested.append((path, digest, run_id))
         report.count("attestations")
     extra_lines = set(by_digest) - {str(a.get("sha256")) for a in listed}
     if bundle is None and extra_lines:
@@ -308,7 +318,8 @@ def _verify_run(prov: Any, rec: dict[str, Any], trust: TrustStore, at: datetime,
             report.count("attestation inclusion proofs", len(leaves))
 
 
-def _verify_artifacts(ws: Workspace, latest_outs: dict[str, tuple[str, str]], report: VerifyReport) -> None:
+def _verify_artifacts(ws: Workspace, latest_outs: dict[str, tuple[str, str]],
+                      attested: list[tuple[str, str, str]], report: VerifyReport) -> None:
     from engine.cache import ObjectCache
     from engine.digest import Digest
     from engine.hashing import Hasher
@@ -326,13 +337,17 @@ def _verify_artifacts(ws: Workspace, latest_outs: dict[str, tuple[str, str]], re
         if str(e.digest) != rec["digest"]:
             report.fail(f"workspace file {path}: sha256 {e.digest.hex[:16]}… but certus.lock records "
                         f"{str(rec['digest'])[7:23]}…: the file was modified after it was produced")
-        attested = latest_outs.get(path)
-        if attested is not None and attested[0] != rec["digest"]:
+        newest = latest_outs.get(path)
+        if newest is not None and newest[0] != rec["digest"]:
             report.fail(f"certus.lock output {path}: {str(rec['digest'])[:23]}… is not what the latest "
-                        f"attestation (run {attested[1]}) says ({attested[0][:23]}…)")
+                        f"attestation (run {newest[1]}) says ({newest[0][:23]}…)")
         report.count("workspace files re-hashed")
     cache = ObjectCache(os.path.join(ws.dot, "cache"))
-    for path, (digest, run_id) in sorted(latest_outs.items()):
+    seen: set[str] = set()
+    for path, digest, run_id in attested:  # every version any run attested, not only the newest
+        if digest in seen:
+            continue
+        seen.add(digest)
         d = Digest.parse(digest)
         for obj in _objects(cache, d, paths.get(path, {}).get("kind", "file")):
             if not cache.has(obj):
