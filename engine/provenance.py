@@ -299,6 +299,11 @@ class Provenance:
         env_common = {k: v for k, v in (("PYTHONHASHSEED", "0"), ("TZ", "UTC"), ("LC_ALL", "C.UTF-8"),
                                         ("SOURCE_DATE_EPOCH", rep._sde_cached()))}
         envelopes: list[tuple[str, bytes]] = []
+        registry = None
+        if os.path.isdir(self.ws.p(".certus", "datasets")):
+            from engine.datasets import Registry
+
+            registry = Registry.load(self.ws.root)
         for name in sorted(result.outcomes):
             oc = result.outcomes[name]
             if oc.state not in ("ran", "restored"):
@@ -313,10 +318,19 @@ class Provenance:
                 first = self.read_attestations(oc.first_run).get(name) if oc.first_run else None
                 restored_from = {"run_id": oc.first_run or "unknown",
                                  "attestation": sha256_hex(first) if first else ""}
+            datasets = list(getattr(oc, "datasets", ()) or ())
+            if registry is not None:  # deps that are registered (derived) datasets: name their manifests
+                named = {d["name"] for d in datasets}
+                for dep, digest in sorted(oc.deps.items()):
+                    hit = registry.by_path_digest(dep, digest)
+                    if hit is not None and f"dataset:{hit.manifest.ref}" not in named:
+                        from engine.datasets import DatasetUse
+
+                        datasets.append(DatasetUse(hit.manifest.ref, hit.manifest, sha256_hex(hit.raw)).as_dependency())
             stmt = stage_statement(
                 stage=name, cmd=st.cmd, params=st.params_dict(), pipeline=rep.spec.path,
                 overrides=result.overrides, outs=oc.outs, deps=oc.deps,
-                datasets=getattr(oc, "datasets", ()) or (), key=oc.key, engine_version=f"certus {__version__}",
+                datasets=datasets, key=oc.key, engine_version=f"certus {__version__}",
                 python=platform.python_version(), platform=platform.platform(),
                 env={**env_common, **st.env_dict()}, run_id=result.run_id, started=oc.started,
                 finished=oc.finished, exit_status=oc.returncode, log_digest=log_digest, restored_from=restored_from,

@@ -388,31 +388,47 @@ class Repro:
             try:
                 entry = reg.resolve(ref)
                 e = self.hasher.hash_path(entry.manifest.path)
-                uses.setdefault(stage, []).append(
-                    check_use(reg, ref, stage, self.config, str(e.digest) if e else None, trust))
+                use = check_use(reg, ref, stage, self.config, str(e.digest) if e else None, trust)
+                uses.setdefault(stage, []).append(use)
+                # a stage that will run consumes the data now: its schema is checked before anything runs
+                if self.opts.force or evaluate(self.spec[stage], self.hasher, self.lock).reasons:
+                    why = self._schema_problem(use)
+                    if why:
+                        raise DatasetError(f"stage '{stage}': dataset {use.manifest.ref} refused: {why}")
             except DatasetError as err:
                 self._refused(stage, ref, str(err))
                 raise
         return uses
 
-    def _refused(self, stage: str, ref: str, why: str) -> None:
-        """Hook: a dataset was refused for a stage (provenance records it in the ledger)."""
-
-    def _validate_datasets(self, st: StageSpec, oc: StageOutcome) -> bool:
+    def _schema_problem(self, use: Any) -> str | None:
+        """Schema-check a consumed dataset once per run (memoised by content and schema)."""
         from engine.errors import DatasetError
         from engine.schema import load_schema, validate
 
-        for use in getattr(self, "dataset_uses", {}).get(st.name, []):
-            man = use.manifest
-            oc.datasets.append(use.as_dependency())
-            if not man.schema:
-                continue
+        man = use.manifest
+        if not man.schema:
+            return None
+        memo = self.__dict__.setdefault("_schema_memo", {})
+        tag = (man.id, man.schema.get("sha256"))
+        if tag not in memo:
             try:
                 with open(self.ws.p(man.schema["path"]), encoding="utf-8") as f:
                     schema = load_schema(man.schema["path"], f.read())
                 validate(self.ws.p(man.path), schema, label=man.path)
+                memo[tag] = None
             except (OSError, DatasetError) as e:
-                oc.state, oc.error = "failed", f"dataset {man.ref} refused: {e}".replace("\n", "; ")
+                memo[tag] = str(e).replace("\n", "; ")
+        return memo[tag]
+
+    def _refused(self, stage: str, ref: str, why: str) -> None:
+        """Hook: a dataset was refused for a stage (provenance records it in the ledger)."""
+
+    def _validate_datasets(self, st: StageSpec, oc: StageOutcome) -> bool:
+        for use in self.dataset_uses.get(st.name, []):
+            oc.datasets.append(use.as_dependency())
+            why = self._schema_problem(use)
+            if why:
+                oc.state, oc.error = "failed", f"dataset {use.manifest.ref} refused: {why}"
                 self._refused(st.name, use.ref, oc.error)
                 return False
         return True

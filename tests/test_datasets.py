@@ -213,6 +213,9 @@ def test_consumed_dataset_is_attested_and_lineage_reaches_raw(gov, capsys):
     deps = stmt["predicate"]["buildDefinition"]["resolvedDependencies"]
     assert any(d["name"].startswith("dataset:praw@") for d in deps)
     assert any(d["name"] == "data/raw/p.csv" for d in deps)  # the bytes too
+    train = json.loads(base64.b64decode(json.loads(prov.read_attestations(run["run_id"])["train"])["payload"]))
+    train_deps = train["predicate"]["buildDefinition"]["resolvedDependencies"]
+    assert any(d["name"].startswith("dataset:pcur@") for d in train_deps)  # a derived dataset, by manifest
     capsys.readouterr()
     assert gov.certus("lineage", "model.txt") == 0
     text = capsys.readouterr().out
@@ -321,3 +324,10 @@ def test_bad_input_is_one_clear_error(gov, tmp_path, capsys, case):
         needle = "dataset 'praw@abcdef123456': unknown ID; known versions: praw@"
     err = capsys.readouterr().err
     assert code != 0 and needle in err and "Traceback" not in err, err
+
+
+def test_schema_checked_again_when_a_stage_consumes_the_data(gov, capsys):
+    add(gov)
+    gov.certus("dataset", "approve", "praw", "--key", "bob")
+    gov.write("conf/schema/p.yaml", SCHEMA.replace("allowed: [adelie, gentoo]", "allowed: [adelie]"))
+    _refused(gov, capsys, "column 'species': rule allowed ['adelie'] violated in 20 row(s): rows 1, 3, 5, 7, 9")
