@@ -448,3 +448,29 @@ def load_spec_text(text: str, *, path: str, config: Mapping[str, Any]) -> Pipeli
             parent = posixpath.dirname(parent)
     probs.raise_if_any()
     return PipelineSpec(path=path, stages=stages)
+
+
+def spec_to_json(spec: PipelineSpec) -> bytes:
+    """A validated spec as JSON, for the workspace's parse cache (never hashed or signed)."""
+    import json
+
+    stages = []
+    for st in spec.stages.values():
+        stages.append({"name": st.name, "cmd": st.cmd, "deps": st.deps, "outs": st.outs, "metrics": st.metrics,
+                       "params": st.params, "env": st.env, "desc": st.desc, "always_changed": st.always_changed,
+                       "datasets": st.datasets, "register": st.register, "line": st.line})
+    return json.dumps({"path": spec.path, "stages": stages}).encode()
+
+
+def spec_from_json(data: bytes) -> PipelineSpec:
+    import json
+
+    doc = json.loads(data)
+    stages = {}
+    for s in doc["stages"]:
+        stages[s["name"]] = StageSpec(
+            name=s["name"], cmd=s["cmd"], deps=tuple(s["deps"]), outs=tuple(s["outs"]), metrics=tuple(s["metrics"]),
+            params=tuple((k, v) for k, v in s["params"]), env=tuple((k, v) for k, v in s["env"]), desc=s["desc"],
+            always_changed=s["always_changed"], datasets=tuple(s["datasets"]),
+            register=tuple((k, v) for k, v in s["register"]), line=s["line"])
+    return PipelineSpec(path=doc["path"], stages=stages)

@@ -102,9 +102,56 @@ class Workspace:
                 raise ConfigError(f"{CONF_DIR}/config.yaml: missing, so overrides {list(overrides)} have nothing "
                                   "to apply to; create conf/config.yaml")
             return {}
+        key, cacheable = self._conf_key(conf, overrides)
+        cached = self._cache_get("compose", key) if cacheable else None
+        if cached is not None:
+            return json.loads(cached)
         from engine.adapters.hydra import compose
 
-        return compose(conf, overrides)
+        config = compose(conf, overrides)
+        if cacheable:
+            self._cache_put("compose", key, json.dumps(config).encode())
+        return config
+
+    # -- parse caches: composing 1,000 config keys with Hydra, and resolving a 1,000-stage spec, cost
+    # more than everything else `status` does; both are pure functions of file contents, so their
+    # results are kept under .certus/tmp keyed by a hash of those contents.
+
+    def _conf_key(self, conf: str, overrides: Sequence[str]) -> tuple[str, bool]:
+        import hashlib
+        import re
+        import sys
+
+        from engine import __version__
+
+        h = hashlib.sha256(f"{__version__}\0{sys.version}\0{json.dumps(list(overrides))}\0".encode())
+        cacheable = True
+        for dirpath, dirnames, files in os.walk(conf):
+            dirnames.sort()
+            for fn in sorted(files):
+                path = os.path.join(dirpath, fn)
+                with open(path, "rb") as f:
+                    data = f.read()
+                if re.search(rb"\$\{[^}]*:", data):  # a resolver (oc.env, now, ...) may change between runs
+                    cacheable = False
+                h.update(os.path.relpath(path, conf).encode() + b"\0" + data + b"\0")
+        return h.hexdigest(), cacheable
+
+    def _cache_get(self, kind: str, key: str) -> bytes | None:
+        try:
+            with open(os.path.join(self.dot, "tmp", kind, key + ".json"), "rb") as f:
+                return f.read()
+        except OSError:
+            return None
+
+    def _cache_put(self, kind: str, key: str, data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            d = os.path.join(self.dot, "tmp", kind)
+            if os.path.isdir(d) and len(os.listdir(d)) > 64:  # keep the cache small
+                for old in os.listdir(d):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(d, old))
+            atomic_write(os.path.join(d, key + ".json"), data, sync=False)
 
     def pipeline_path(self, config: Mapping[str, Any], name: str | None = None) -> str:
         if name is None:
@@ -132,7 +179,22 @@ class Workspace:
                 text = f.read()
         except OSError as e:
             raise SpecError(f"{rel}: cannot read: {e.strerror}") from e
-        spec = load_spec_text(text, path=rel, config=config)
+        import hashlib
+
+        from engine import __version__
+        from engine.spec import spec_from_json, spec_to_json
+
+        key = hashlib.sha256(f"{__version__}\0{rel}\0{text}\0{json.dumps(config, sort_keys=True)}".encode())
+        import re
+
+        cacheable = not re.search(r"\$\{[^}]*:", text)  # resolvers (oc.env, ...) are re-evaluated each time
+        cached = self._cache_get("spec", key.hexdigest()) if cacheable else None
+        if cached is not None:
+            spec = spec_from_json(cached)
+        else:
+            spec = load_spec_text(text, path=rel, config=config)
+            if cacheable:
+                self._cache_put("spec", key.hexdigest(), spec_to_json(spec))
         if any(st.datasets for st in spec.stages.values()):
             from engine.datasets import Registry, with_dataset_deps
 

@@ -115,3 +115,29 @@ def test_dag_cycle_names_the_cycle():
 def test_foreach_family_is_a_target():
     d = _dag("stages:\n  t:\n    foreach: [a, b]\n    do: {cmd: 'echo ${item}', outs: ['${item}.txt']}\n")
     assert d.resolve_targets(["t"]) == ["t@a", "t@b"]
+
+
+def test_parse_caches_follow_file_contents(tmp_path):
+    """Composition and spec results are cached by content: an edit is seen at once, env resolvers never cached."""
+    from engine.workspace import Workspace
+
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "config.yaml").write_text("certus: {pipeline: p}\na: {x: 1}\n")
+    (tmp_path / "pipelines" / "p.yaml").write_text("stages:\n  s: {cmd: 'echo ${a.x}', params: [a.x]}\n")
+    ws = Workspace(str(tmp_path))
+    for expected in (1, 1):  # second time from the caches
+        cfg, spec, _ = ws.load()
+        assert cfg["a"]["x"] == expected and spec["s"].cmd == f"echo {expected}"
+    assert list((tmp_path / ".certus" / "tmp" / "compose").iterdir())
+    (tmp_path / "conf" / "config.yaml").write_text("certus: {pipeline: p}\na: {x: 2}\n")
+    cfg, spec, _ = ws.load()
+    assert cfg["a"]["x"] == 2 and spec["s"].cmd == "echo 2" and spec["s"].params == (("a.x", 2),)
+    (tmp_path / "conf" / "config.yaml").write_text("certus: {pipeline: p}\na: {x: '${oc.env:CERTUS_T_X}'}\n")
+    import os
+
+    for v in ("3", "4"):
+        os.environ["CERTUS_T_X"] = v
+        cfg, spec, _ = ws.load()
+        assert cfg["a"]["x"] == v and spec["s"].cmd == f"echo {v}"
+    del os.environ["CERTUS_T_X"]
