@@ -15,6 +15,7 @@ the cache or the lock, so the next ``repro`` re-runs exactly what did not finish
 from __future__ import annotations
 
 import contextlib
+import heapq
 import json
 import os
 import secrets
@@ -285,30 +286,38 @@ class Repro:
         wslock.acquire(wait=self.opts.wait, command="repro")
         self._executor = None
         running: dict[Future[JobResult], tuple[StageSpec, dict[str, Entry | None], Digest, StageOutcome]] = {}
-        pending = list(names)
+        # ready-queue scheduling: a stage becomes ready when its last selected upstream settles, and
+        # ready stages are taken in topological rank, so the order is deterministic and O(N + E)
+        rank = {n: i for i, n in enumerate(names)}
+        ups = {n: [u for u in self.dag.graph.predecessors(n) if u in selected] for n in names}
+        succ = {n: [d for d in self.dag.graph.successors(n) if d in selected] for n in names}
+        waiting = {n: len(ups[n]) for n in names}
+        ready = [(rank[n], n) for n in names if not waiting[n]]
+        heapq.heapify(ready)
+
+        def settle(n: str) -> None:
+            for d in succ[n]:
+                waiting[d] -= 1
+                if not waiting[d]:
+                    heapq.heappush(ready, (rank[d], d))
+
         prev_handler = None
         with contextlib.suppress(ValueError):  # only the main thread may set handlers
             prev_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             self.dataset_uses = self._check_datasets(names)
-            while pending or running:
-                progressed = False
-                for n in list(pending):
-                    st = self.spec[n]
-                    ups = [u for u in self.dag.upstream(n) if u in selected]
-                    states = [result.outcomes[u].state if u in result.outcomes else None for u in ups]
-                    if any(s in ("failed", "blocked") for s in states):
-                        bad = [u for u, s in zip(ups, states) if s in ("failed", "blocked")]
+            while ready or running:
+                while ready and len(running) < self.jobs:
+                    _, n = heapq.heappop(ready)
+                    bad = [u for u in ups[n] if result.outcomes[u].state in ("failed", "blocked")]
+                    if bad:
                         result.outcomes[n] = StageOutcome(n, "blocked", error=f"upstream failed: {', '.join(bad)}")
-                        pending.remove(n)
-                        progressed = True
+                        settle(n)
                         continue
-                    if not all(s in OK_STATES for s in states):
-                        continue
-                    pending.remove(n)
-                    progressed = True
-                    self._decide_and_start(st, running, result, wslock)
-                    self._report(progress, result, running, pending, n)
+                    self._decide_and_start(self.spec[n], running, result, wslock)
+                    if result.outcomes[n].state != "running":
+                        settle(n)
+                    self._report(progress, result, running, n)
                 if running:
                     done, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
                     for fut in done:
@@ -321,9 +330,8 @@ class Repro:
                             if tail:
                                 self.err.write(f"[certus] last lines of {os.path.relpath(oc.log_path, self.ws.root)}:"
                                                f"\n{tail}\n")
-                        self._report(progress, result, running, pending, f"{st.name} {oc.state}")
-                elif not progressed and pending:
-                    raise RuntimeError(f"scheduler stuck with pending stages {pending}")  # pragma: no cover
+                        settle(st.name)
+                        self._report(progress, result, running, f"{st.name} {oc.state}")
             result.finished = time.time()
             if any(o.state == "failed" for o in result.outcomes.values()):
                 result.status = "failed"
@@ -335,8 +343,9 @@ class Repro:
                 self._executor.terminate_all()
             for _, _, _, oc in running.values():
                 oc.state = "interrupted"
-            for n in pending:
-                result.outcomes[n] = StageOutcome(n, "interrupted")
+            for n in names:
+                if n not in result.outcomes:
+                    result.outcomes[n] = StageOutcome(n, "interrupted")
             result.status = "interrupted"
             result.finished = time.time()
             self._save_lock(force=True)
@@ -436,10 +445,9 @@ class Repro:
     def _after(self, result: ReproResult) -> None:
         """Hook for what follows a run (provenance); the base run does nothing more."""
 
-    def _report(self, progress: Progress, result: ReproResult, running: dict[Any, Any], pending: list[str],
-                event: str) -> None:
+    def _report(self, progress: Progress, result: ReproResult, running: dict[Any, Any], event: str) -> None:
         done = sum(1 for o in result.outcomes.values() if o.state in OK_STATES + ("failed", "blocked"))
-        progress.show(done, len(running), len(pending), event)
+        progress.show(done, len(running), progress.total - len(result.outcomes), event)
 
     def _decide_and_start(self, st: StageSpec, running: dict[Any, Any], result: ReproResult,
                           wslock: WorkspaceLock) -> str:
