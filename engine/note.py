@@ -74,15 +74,10 @@ VerifyFn = Callable[[bytes, bytes, bytes], bool]
 
 
 def _nacl_verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
-    """Default :data:`VerifyFn`: PyNaCl, imported here so the core stays importable without it."""
-    import nacl.exceptions
-    import nacl.signing
+    """Default :data:`VerifyFn`: the PyNaCl adapter, imported here so the core stays importable without it."""
+    from engine.adapters.keys import verify_ed25519
 
-    try:
-        nacl.signing.VerifyKey(public_key).verify(message, signature)
-    except (nacl.exceptions.CryptoError, ValueError, TypeError):
-        return False
-    return True
+    return verify_ed25519(public_key, signature, message)
 
 
 class NoteSigner(Protocol):

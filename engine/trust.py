@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
+from engine.dsse import _no_duplicate_keys
 from engine.errors import (
     KeyError_,
     KeyNotValidError,
@@ -348,10 +349,3 @@ def _parse_time(text: str, where: str) -> datetime:
     return value
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate JSON key {k!r}")
-        out[k] = v
-    return out
