@@ -26,6 +26,7 @@ from engine.state import NoopState, StateStore
 __all__ = ["Entry", "Hasher", "dir_manifest_bytes", "file_digest"]
 
 _CHUNK = 1 << 20
+_PARALLEL_MIN_BYTES = 4 << 20  # below this much unread data, hash on the calling thread
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,13 +123,20 @@ class Hasher:
                 r, ab, s = item
                 return r, file_digest(ab), s
 
-            if len(misses) == 1 or self.jobs == 1:
-                done = list(map(work, misses))
+            total = sum(m[2].st_size for m in misses)
+            if len(misses) == 1 or self.jobs == 1 or total < _PARALLEL_MIN_BYTES:
+                done = list(map(work, misses))  # small work: threads would cost more than they save
             else:
-                # big files first so one large file does not finish last on its own
+                # one list per worker, big files dealt out first, so no worker finishes last alone
                 misses.sort(key=lambda m: -m[2].st_size)
-                with ThreadPoolExecutor(max_workers=min(self.jobs, len(misses))) as pool:
-                    done = list(pool.map(work, misses))
+                lanes: list[list[tuple[str, str, os.stat_result]]] = [[] for _ in range(min(self.jobs, len(misses)))]
+                loads = [0] * len(lanes)
+                for m in misses:
+                    i = loads.index(min(loads))
+                    lanes[i].append(m)
+                    loads[i] += m[2].st_size + 4096  # a per-file cost, so many tiny files spread too
+                with ThreadPoolExecutor(max_workers=len(lanes)) as pool:
+                    done = [r for lane in pool.map(lambda ms: [work(m) for m in ms], lanes) for r in lane]
             for r, hexd, s in done:
                 known[r] = hexd
                 self.bytes_read += s.st_size
