@@ -209,6 +209,16 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 # -- parser ----------------------------------------------------------------------------------
 
+def _jobs(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive number of parallel stages")
+    return n
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="certus", description="Certus: reproducible, signed, governed ML pipelines.")
     p.add_argument("-C", dest="directory", metavar="DIR", help="run as if started in DIR")
@@ -230,7 +240,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("-f", "--force", action="store_true", help="run selected stages even if up to date")
     r.add_argument("-s", "--single-item", action="store_true", help="only the targets, not their upstream")
     r.add_argument("--downstream", action="store_true", help="the targets and everything downstream of them")
-    r.add_argument("-j", "--jobs", type=int, default=0, help="parallel stages (default: number of cores)")
+    r.add_argument("-j", "--jobs", type=_jobs, default=0, help="parallel stages (default: number of cores)")
     r.add_argument("--wait", action="store_true", help="wait for another repro's workspace lock")
     r.add_argument("--no-run-cache", action="store_true", help="run even when the stage key was seen before")
     r.add_argument("--check-determinism", metavar="STAGE", help="re-run STAGE and compare its output hashes")

@@ -136,7 +136,7 @@ class Repro:
         self.cache = ObjectCache(os.path.join(ws.dot, "cache"), link_types=link_types_from(self.config),
                                  state=self.state)
         self.runs = RunCache(os.path.join(ws.dot, "runs"))
-        self.jobs = opts.jobs or os.cpu_count() or 1
+        self.jobs = max(1, opts.jobs or os.cpu_count() or 1)
         self.hasher = Hasher(ws.root, state=self.state, jobs=self.jobs)
         self.run_id = new_run_id()
         self.lock = LockFile.load(ws.lock_path)
