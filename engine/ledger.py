@@ -637,7 +637,10 @@ class Ledger:
         historical one (signature under ``verifiers``, origin, growing sizes, root against the
         entries), torn tails, and that ``state.json`` matches the entries.
         """
-        return _Audit(self, verifiers).run()
+        audit = _Audit(self, verifiers)
+        problems = audit.run()
+        self.audited_entries: list[bytes] | None = audit.audited if not problems else None
+        return problems
 
 
 def _capped(problems: list[str], what: str) -> list[str]:
@@ -655,6 +658,7 @@ class _Audit:
         self.entries, self.cps, self.cp, self.state = (
             str(ledger._file(n)) for n in (ENTRIES, CHECKPOINTS, CHECKPOINT, STATE)
         )
+        self.audited: list[bytes] = []  # decoded entries, in order, so a caller need not decode twice
 
     def _precheck(self, texts: list[str]) -> None:
         """Verify many notes' signatures up front on all cores (libsodium releases the GIL)."""
@@ -756,7 +760,8 @@ class _Audit:
                 ent_out.append(f"{self.entries}: entry {index}: partial frame (torn tail); run repair")
                 break
             try:
-                _, leaf = decode_frame(line, index)
+                entry, leaf = decode_frame(line, index)
+                self.audited.append(entry)
             except LedgerError as e:
                 ent_out.append(f"{self.entries}: entry {index}: {e}")
                 leaf = merkle.leaf_hash(line)  # keep counting, so later roots are still compared

@@ -170,7 +170,7 @@ def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool =
         current = ledger.checkpoint()
 
     try:
-        items = list(prov.items())
+        items = list(prov.items(getattr(ledger, "audited_entries", None)))
     except EngineError as e:  # a damaged frame: keep what verify_structure found, report this too
         report.fail(f"{rel}: entries unreadable past a damaged frame: {e}".replace(ldir, rel))
         items = []
