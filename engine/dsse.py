@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,15 @@ _JSON_TYPES: dict[type, str] = {
     dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number",
     type(None): "null",
 }
+
+
+# The canonical layout Certus writes, strings needing no JSON escapes: bytes that match are
+# exactly what json.loads + from_dict would accept, so they are read without the JSON parser.
+_STR = rb'"([\x20\x21\x23-\x5b\x5d-\x7e]*)"'
+_SIG = rb'\{"keyid":' + _STR + rb',"sig":' + _STR + rb'\}'
+_CANONICAL = re.compile(rb'\{"payload":' + _STR + rb',"payloadType":' + _STR
+                        + rb',"signatures":\[(' + _SIG + rb'(?:,' + _SIG + rb')*)\]\}')
+_CANONICAL_SIG = re.compile(_SIG)
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -159,6 +169,9 @@ class Envelope:
         """Parse envelope JSON bytes strictly (any valid JSON layout, not only canonical)."""
         if not isinstance(data, (bytes, bytearray)):
             raise EnvelopeFormatError(f"{_WHERE}: expected bytes, got {type(data).__name__}")
+        fast = _CANONICAL.fullmatch(data)
+        if fast is not None:
+            return cls._from_canonical_match(fast)
         try:
             obj = json.loads(
                 bytes(data).decode("utf-8"),
@@ -172,6 +185,16 @@ class Envelope:
         except ValueError as e:
             raise EnvelopeFormatError(f"{_WHERE}: {e}") from e
         return cls.from_dict(obj)
+
+    @classmethod
+    def _from_canonical_match(cls, m: re.Match[bytes]) -> Envelope:
+        payload, payload_type, sigs = m.group(1), m.group(2), m.group(3)
+        return cls.from_dict({
+            "payload": payload.decode("ascii"),
+            "payloadType": payload_type.decode("ascii"),
+            "signatures": [{"keyid": k.decode("ascii"), "sig": v.decode("ascii")}
+                           for k, v in _CANONICAL_SIG.findall(sigs)],
+        })
 
 
 def sign_envelope(payload_type: str, payload: bytes, signers: Iterable[Signer]) -> Envelope:

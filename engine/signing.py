@@ -124,15 +124,25 @@ class Signer(Protocol):
         ...
 
 
+_B64_ALPHABET = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+
+
 def b64decode_strict(text: str) -> bytes:
-    """Decode standard padded base64, rejecting anything that does not re-encode identically."""
+    """Decode standard padded base64, rejecting anything that does not re-encode identically.
+
+    The round trip is the whole check: ``b2a_base64`` only ever writes the canonical form, so
+    any other character, missing padding or non-zero padding bits makes the two differ.
+    """
     if not isinstance(text, str):
         raise ValueError(f"expected a base64 string, got {type(text).__name__}")
     try:
-        raw = base64.b64decode(text.encode("ascii"), validate=True)
+        data = text.encode("ascii")
+        raw = binascii.a2b_base64(data)
     except (UnicodeEncodeError, binascii.Error) as e:
         raise ValueError("not valid standard padded base64") from e
-    if base64.b64encode(raw).decode("ascii") != text:
+    if binascii.b2a_base64(raw, newline=False) != data:
+        if len(data) % 4 or not _B64_ALPHABET.fullmatch(data):
+            raise ValueError("not valid standard padded base64")
         raise ValueError("not canonical standard padded base64")
     return raw
 

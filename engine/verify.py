@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -43,40 +43,18 @@ class VerifyReport:
     checked: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    pending: list[tuple[Envelope, str, Any, str]] = field(default_factory=list)  # signature checks to run
-
-    def run_pending(self) -> None:
-        """Verify the queued Ed25519 signatures on all cores (libsodium releases the GIL)."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        def one(job: tuple[Envelope, str, Any, str]) -> str | None:
-            env, keyid, pub, where = job
-            try:
-                verify_envelope(env, {keyid: pub}, env.payload_type)
-            except SignatureError as e:
-                return f"{where}: signature keyid {keyid[:16]}…: {e}"
-            return None
-
-        jobs, self.pending = self.pending, []
-        workers = os.cpu_count() or 1
-        if len(jobs) < 64 or workers == 1:
-            results = [one(j) for j in jobs]
-        else:
-            size = -(-len(jobs) // workers)
-            chunks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                results = [r for part in pool.map(lambda c: [one(j) for j in c], chunks) for r in part]
-        for r in results:
-            if r is None:
-                self.count("signatures")
-            else:
-                self.fail(r)
 
     def count(self, what: str, n: int = 1) -> None:
         self.checked[what] = self.checked.get(what, 0) + n
 
     def fail(self, msg: str) -> None:
         self.failures.append(msg)
+
+    def merge(self, other: VerifyReport) -> None:
+        for k, n in other.checked.items():
+            self.count(k, n)
+        self.failures.extend(other.failures)
+        self.notes.extend(other.notes)
 
     @property
     def ok(self) -> bool:
@@ -104,23 +82,92 @@ def _ledger_verifiers(trust: TrustStore) -> list[Any]:
 
 def _check_signatures(env: Envelope, trust: TrustStore, role: str, at: datetime, where: str,
                       report: VerifyReport) -> bool:
-    ok = True
+    """Check every signature; False when a signer is not trusted for ``role`` at ``at``."""
+    trusted = True
     for sig in env.signatures:
         try:
             pub = trust.check(sig.keyid, role, at)
         except SignatureError as e:
             report.fail(f"{where}: signature keyid {sig.keyid[:16]}…: {e}")
-            ok = False
+            trusted = False
             continue
         one = env if len(env.signatures) == 1 else Envelope(env.payload_type, env.payload, (sig,))
-        report.pending.append((one, sig.keyid, pub, where))
-    return ok
+        try:
+            verify_envelope(one, {sig.keyid: pub}, env.payload_type)
+            report.count("signatures")
+        except SignatureError as e:
+            report.fail(f"{where}: signature keyid {sig.keyid[:16]}…: {e}")
+    return trusted
+
+
+@dataclass
+class _Slice:
+    """What one contiguous slice of ledger entries contributes (built in a worker process)."""
+
+    report: VerifyReport = field(default_factory=VerifyReport)
+    runs: list[tuple[int, str, Any, str, str]] = field(default_factory=list)  # index, where, previous, own, id
+    logged: dict[str, set[str]] = field(default_factory=dict)  # dataset event digests
+    latest_outs: dict[str, tuple[str, str]] = field(default_factory=dict)
+    attested: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Context:
+    prov: Any
+    trust: TrustStore
+    run: str | None
+
+
+def _check_entries(ctx: _Context, part: Sequence[tuple[int, bytes]]) -> _Slice:
+    from engine.provenance import sha256_hex
+
+    out = _Slice()
+    report = out.report
+    for index, raw in part:
+        where = f"ledger entry {index}"
+        try:
+            env = Envelope.from_json_bytes(raw)
+            payload = json.loads(env.payload)
+            if not isinstance(payload, dict):
+                raise ValueError("payload is not a JSON object")
+        except (SignatureError, ValueError) as e:
+            report.fail(f"{where}: not a DSSE envelope: {e}")
+            continue
+        if env.payload_type == RUN_TYPE:
+            where += f" (run {payload.get('run_id', '?')})"
+            role, at_text = "trainer", payload.get("finished") or payload.get("started", "")
+        elif env.payload_type == EVENT_TYPE:
+            where += f" (event {payload.get('kind', '?')} {payload.get('subject', '')})"
+            role, at_text = EVENT_ROLES.get(payload.get("kind", ""), "trainer"), payload.get("time", "")
+            details = payload.get("details") or {}
+            for k in ("manifest_sha256", "approval_sha256"):
+                if isinstance(details, dict) and details.get(k):
+                    out.logged.setdefault(k, set()).add(str(details[k]))
+        else:
+            report.fail(f"{where}: unknown payloadType '{env.payload_type}'; expected {RUN_TYPE} or {EVENT_TYPE}")
+            continue
+        try:
+            at = _parse_time(str(at_text))
+        except ValueError:
+            report.fail(f"{where}: unreadable time '{at_text}'")
+            continue
+        _check_signatures(env, ctx.trust, role, at, where, report)
+        report.count("records")
+        if env.payload_type != RUN_TYPE:
+            continue
+        run_id = str(payload.get("run_id", "?"))
+        out.runs.append((index, where, payload.get("previous"), sha256_hex(raw), run_id))
+        if ctx.run is not None and run_id != ctx.run:
+            continue
+        _verify_run(ctx.prov, payload, ctx.trust, at, where, report, out.latest_outs, out.attested)
+    return out
 
 
 def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool = False,
                      update_witness: bool = True) -> VerifyReport:
     from engine.ledger import Ledger
-    from engine.provenance import Provenance, ledger_dir, sha256_hex, witness_path
+    from engine.parallel import background, fork_map
+    from engine.provenance import Provenance, ledger_dir, witness_path
 
     report = VerifyReport()
     prov = Provenance(ws)
@@ -141,7 +188,20 @@ def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool =
         report.fail(str(e))
         return report
     rel = os.path.relpath(ldir, ws.root)
-    structure = ledger.verify_structure(*verifiers)
+    # The structure audit (every frame and historical checkpoint) runs in a child process while
+    # this one checks the entries' signatures, records and attestations.
+    structure_job = background(lambda: ledger.verify_structure(*verifiers))
+    try:
+        raws: list[bytes] = []
+        try:
+            raws.extend(ledger.entries())
+        except EngineError as e:  # a damaged ledger: check what still reads, and say where reading stopped
+            report.fail(f"{rel}: entries unreadable past entry {len(raws)}: {e}".replace(ldir, rel))
+        ctx = _Context(prov, trust, run)
+        slices = fork_map(lambda part: _check_entries(ctx, part), list(enumerate(raws)))
+        structure = structure_job.result()
+    finally:
+        structure_job.cancel()
     for problem in structure:
         report.fail(problem.replace(ldir, rel))
     report.count("ledger entries", ledger.size)
@@ -169,66 +229,34 @@ def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool =
     elif ledger.checkpoint() is not None:
         current = ledger.checkpoint()
 
-    try:
-        items = list(prov.items(getattr(ledger, "audited_entries", None)))
-    except EngineError as e:  # a damaged frame: keep what verify_structure found, report this too
-        report.fail(f"{rel}: entries unreadable past a damaged frame: {e}".replace(ldir, rel))
-        items = []
     previous_run: str | None = None
     latest_outs: dict[str, tuple[str, str]] = {}  # path -> (digest, run) from the newest attestation
     attested: list[tuple[str, str, str]] = []  # every (path, digest, run) any attestation signed
-    try:
-        leaves = ledger.leaf_hashes() if not structure else []
-    except EngineError:
-        leaves = []
-    cp = ledger.checkpoint()
-    for item in items:
-        where = f"ledger entry {item.index}"
-        if item.envelope is None or item.payload is None:
-            report.fail(f"{where}: not a DSSE envelope: {item.error}")
-            continue
-        env, payload = item.envelope, item.payload
-        if env.payload_type == RUN_TYPE:
-            where += f" (run {payload.get('run_id', '?')})"
-            role, at_text = "trainer", payload.get("finished") or payload.get("started", "")
-        elif env.payload_type == EVENT_TYPE:
-            where += f" (event {payload.get('kind', '?')} {payload.get('subject', '')})"
-            role, at_text = EVENT_ROLES.get(payload.get("kind", ""), "trainer"), payload.get("time", "")
-        else:
-            report.fail(f"{where}: unknown payloadType '{env.payload_type}'; expected {RUN_TYPE} or {EVENT_TYPE}")
-            continue
-        try:
-            at = _parse_time(at_text)
-        except ValueError:
-            report.fail(f"{where}: unreadable time '{at_text}'")
-            continue
-        _check_signatures(env, trust, role, at, where, report)
-        report.count("records")
-        # The root recomputed from every leaf (verify_structure) already proves each entry's inclusion;
-        # an explicit RFC 9162 audit path is checked for the newest entry and for a requested run.
-        if leaves and cp is not None and (payload.get("run_id") == run or item.index == len(items) - 1):
-            proof = merkle.inclusion_proof(item.index, leaves)
-            try:
-                merkle.verify_inclusion(merkle.leaf_hash(item.raw), item.index, cp.size, proof.hashes, cp.root_hash)
-                report.count("ledger inclusion proofs")
-            except EngineError as e:
-                report.fail(f"{where}: inclusion proof against the checkpoint fails: {e}")
-        if env.payload_type != RUN_TYPE:
-            continue
-        if payload.get("previous") != previous_run:
-            report.fail(f"{where}: previous-record hash {str(payload.get('previous'))[:16]}… does not match the "
-                        f"preceding run record ({str(previous_run)[:16]}…): the chain of runs is broken")
-        else:
-            report.count("run chain links")
-        previous_run = sha256_hex(item.raw)
-        if run is not None and payload.get("run_id") != run:
-            continue
-        _verify_run(prov, payload, trust, at, where, report, latest_outs, attested)
+    logged: dict[str, set[str]] = {}
+    run_ids: set[str] = set()
+    proven = {len(raws) - 1} if raws else set()
+    for part in slices:
+        for index, where, claimed, own, run_id in part.runs:
+            if claimed != previous_run:
+                report.fail(f"{where}: previous-record hash {str(claimed)[:16]}… does not match the "
+                            f"preceding run record ({str(previous_run)[:16]}…): the chain of runs is broken")
+            else:
+                report.count("run chain links")
+            previous_run = own
+            run_ids.add(run_id)
+            if run_id == run:
+                proven.add(index)
+        report.merge(part.report)
+        latest_outs.update(part.latest_outs)
+        attested.extend(part.attested)
+        for k, v in part.logged.items():
+            logged.setdefault(k, set()).update(v)
+    if not structure:
+        _check_inclusion(ledger, raws, sorted(proven), report)
 
     if run is None:
-        _verify_datasets(ws, trust, items, report)
-    report.run_pending()
-    if run is not None and not any(i.payload and i.payload.get("run_id") == run for i in items):
+        _verify_datasets(ws, trust, logged, report)
+    if run is not None and run not in run_ids:
         report.fail(f"run '{run}': not in the ledger; see 'certus log'")
     if artifacts:
         _verify_artifacts(ws, latest_outs, attested, report)
@@ -237,6 +265,28 @@ def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool =
         wpath.write_text(json.dumps({"origin": current.origin, "size": current.size,
                                      "root": current.root_hash.hex(), "workspace": os.path.realpath(ws.root)}))
     return report
+
+
+def _check_inclusion(ledger: Any, raws: list[bytes], indices: list[int], report: VerifyReport) -> None:
+    """RFC 9162 audit paths against the signed checkpoint for the newest entry and a requested run.
+
+    The structure audit's root recomputed from every leaf already proves every entry's inclusion.
+    """
+    cp = ledger.checkpoint()
+    if cp is None or not indices:
+        return
+    try:
+        leaves = ledger.leaf_hashes()
+    except EngineError as e:
+        report.fail(str(e))
+        return
+    for index in indices:
+        proof = merkle.inclusion_proof(index, leaves)
+        try:
+            merkle.verify_inclusion(merkle.leaf_hash(raws[index]), index, cp.size, proof.hashes, cp.root_hash)
+            report.count("ledger inclusion proofs")
+        except EngineError as e:
+            report.fail(f"ledger entry {index}: inclusion proof against the checkpoint fails: {e}")
 
 
 def _verify_run(prov: Any, rec: dict[str, Any], trust: TrustStore, at: datetime, where: str,
@@ -366,7 +416,7 @@ def _objects(cache: Any, d: Any, kind: str) -> Iterator[Any]:
         yield d
 
 
-def _verify_datasets(ws: Workspace, trust: TrustStore, items: list[Any], report: VerifyReport) -> None:
+def _verify_datasets(ws: Workspace, trust: TrustStore, logged: dict[str, set[str]], report: VerifyReport) -> None:
     """Each manifest and approval: signature, role, and a matching ledger event."""
     from engine.datasets import APPROVAL_TYPE, MANIFEST_TYPE, Registry
     from engine.provenance import sha256_hex
@@ -376,14 +426,6 @@ def _verify_datasets(ws: Workspace, trust: TrustStore, items: list[Any], report:
     except EngineError as e:
         report.fail(str(e))
         return
-    logged: dict[str, set[str]] = {}
-    for item in items:
-        p = item.payload or {}
-        if item.envelope is not None and item.envelope.payload_type == EVENT_TYPE:
-            details = p.get("details") or {}
-            for k in ("manifest_sha256", "approval_sha256"):
-                if details.get(k):
-                    logged.setdefault(k, set()).add(details[k])
     for name in reg.names():
         for e in reg.entries[name]:
             m = e.manifest

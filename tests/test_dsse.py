@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.adapters.keys import Ed25519SigningKey
-from engine.canonical import canonical_bytes
+from engine.canonical import CanonicalError, canonical_bytes
 from engine.dsse import Envelope, Signature, pae, sign_envelope, verify_envelope
 from engine.errors import (
     BadSignatureError,
@@ -363,3 +363,31 @@ def test_from_json_bytes_rejects(name: str) -> None:
     with pytest.raises(EnvelopeFormatError, match="^" + re.escape(message)) as info:
         Envelope.from_json_bytes(data)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_canonical_layout_is_held_to_the_same_rules(name: str) -> None:
+    # Envelopes in the exact layout Certus writes are read without the JSON parser (a fast path
+    # for large ledgers); what they may contain must be judged exactly as in any other layout.
+    data, message = MALFORMED[name]
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        if len({k for k, _ in pairs}) != len(pairs):
+            raise ValueError("duplicate key")
+        return dict(pairs)
+
+    try:
+        canonical = canonical_bytes(json.loads(data, object_pairs_hook=no_duplicates))
+    except (ValueError, CanonicalError):
+        pytest.skip("not expressible as canonical JSON")
+    with pytest.raises(EnvelopeFormatError, match="^" + re.escape(message)):
+        Envelope.from_json_bytes(canonical)
+
+
+@given(payload_type=st.text(max_size=40), payload=st.binary(max_size=200), n=st.integers(1, 3),
+       keyid=st.sampled_from(["", "k", "a b", 'quote"d', "back\\slash", "é"]))
+def test_canonical_fast_path_agrees_with_the_json_parser(payload_type: str, payload: bytes, n: int,
+                                                        keyid: str) -> None:
+    sigs = tuple(Signature(keyid=f"{keyid}{i}", sig=bytes([i + 1]) * 64) for i in range(n))
+    env = Envelope(payload_type=payload_type, payload=payload, signatures=sigs)
+    data = env.to_json_bytes()
+    assert Envelope.from_json_bytes(data) == Envelope.from_dict(json.loads(data)) == env

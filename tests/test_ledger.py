@@ -35,6 +35,8 @@ from engine.ledger import (
     RollbackError,
     TornTail,
     TornTailError,
+    _decode_note_line,
+    _encode_note_line,
     check_extends,
     decode_frame,
     encode_frame,
@@ -552,3 +554,21 @@ def test_tampered_state_file(tmp_path: Path) -> None:
         f"{d / CHECKPOINT}: root {signed.hex()} is not the root of entries 0..4 ({cached.hex()})",
     )
     assert led.verify_structure(VERIFIER) == [f"{d / STATE}: frontier does not match entries 0..4"]
+
+
+@pytest.mark.parametrize("text", ["origin\n5\nAAAA\n\n\u2014 k AAAA\n", 'quote " and \\ back\n', "tab\there\n",
+                                  "del\x7f\n", "\u2028 line sep\n", "\U0001f600\n"])
+def test_checkpoint_lines_read_back_whatever_the_text(text: str) -> None:
+    line = _encode_note_line(text)
+    assert _decode_note_line(line) == text
+    with pytest.raises(LedgerError):
+        _decode_note_line(line.replace(b'"note"', b'"note" ', 1))  # only the canonical form is read
+
+
+def test_canonical_frames_and_other_layouts_are_judged_alike() -> None:
+    good = encode_frame(3, b"entry bytes")
+    assert decode_frame(good, 3) == (b"entry bytes", merkle.leaf_hash(b"entry bytes"))
+    with pytest.raises(LedgerError, match="index field says 3"):
+        decode_frame(good, 4)  # a canonical frame in the wrong place is still named
+    with pytest.raises(LedgerError, match="leaf hash mismatch"):
+        decode_frame(good.replace(merkle.leaf_hash(b"entry bytes").hex().encode(), b"0" * 64), 3)

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from conftest import BIN, DIAMOND, DIAMOND_CONF, STEP, Workspace
 
+from engine import parallel
 from engine.adapters.keys import load_signer
 from engine.canonical import canonical_bytes
 from engine.cli import main
@@ -157,8 +158,16 @@ class Signed:
         return Provenance(EngineWorkspace.discover(str(self.root)))
 
 
-@pytest.fixture
-def t(template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Signed:
+@pytest.fixture(params=["serial", "forked"])
+def t(request: pytest.FixtureRequest, template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+      capsys: pytest.CaptureFixture[str]) -> Signed:
+    """Every case runs twice: verify in this process only, and spread over forked workers (one
+    ledger entry or checkpoint each, three workers even on a one-core machine)."""
+    if request.param == "serial":
+        monkeypatch.setattr(parallel, "cpu_count", lambda: 1)
+    else:
+        monkeypatch.setattr(parallel, "cpu_count", lambda: 3)
+        monkeypatch.setattr(parallel, "MIN_PER_WORKER", 1)
     base = tmp_path / "t"
     shutil.copytree(template, base, symlinks=True)
     _env(monkeypatch, base)
@@ -635,3 +644,33 @@ def test_repro_on_a_torn_ledger_refuses_before_running_stages(t: Signed) -> None
     assert rc != 0 and "torn tail" in text
     assert not (t.root / "runs.log").exists(), "stages ran although the run could not be recorded"
     assert (t.root / "certus.lock").read_bytes() == lock
+
+
+# -- the forked verifier says exactly what the serial one says -----------------------------------------
+
+
+def test_forked_and_serial_verify_report_the_same(t: Signed) -> None:
+    runs = t.runs()
+    lines = t.bundle(runs[1])  # a signature byte of an attestation in run 1
+    env = json.loads(lines[0])
+    sig = bytearray(base64.b64decode(env["signatures"][0]["sig"]))
+    sig[3] ^= 0x01
+    env["signatures"][0]["sig"] = base64.b64encode(bytes(sig)).decode()
+    lines[0] = cj(env) + b"\n"
+    t.bundle_path(runs[1]).write_bytes(b"".join(lines))
+    cps = (t.ledger / "checkpoints.jsonl").read_bytes().splitlines(keepends=True)
+    cps[1] = cps[1].replace(b"\\n\\n", b"\\n\\nx", 1)  # the 2nd historical checkpoint's signature block
+    (t.ledger / "checkpoints.jsonl").write_bytes(b"".join(cps))
+    flip_first_byte(t.root / "out/d.txt")
+
+    reports = {}
+    for mode, cores, least in (("serial", 1, 256), ("forked", 3, 1)):
+        t.mp.setattr(parallel, "cpu_count", lambda cores=cores: cores)
+        t.mp.setattr(parallel, "MIN_PER_WORKER", least)
+        reports[mode] = t.report("--artifacts")
+    assert reports["serial"] == reports["forked"]
+    failures = "\n".join(reports["serial"]["failures"])
+    stage = stage_of(lines[0])
+    assert f"ledger entry 1 (run {runs[1]}): attestation for stage '{stage}': signature keyid" in failures, failures
+    assert "checkpoints.jsonl: line 2:" in failures
+    assert "workspace file out/d.txt" in failures
