@@ -53,31 +53,76 @@ def es6_number(x: float) -> str:
     return sign + out
 
 
-def _prepare(obj: Any, floats: list[str], path: str) -> Any:
-    if obj is None or isinstance(obj, (bool, str, int)):
-        return obj
+class _Unencodable(Exception):
+    """Raised deep in a value; each level adds its step, so the path costs nothing until it fails."""
+
+    def __init__(self, what: str) -> None:
+        self.what, self.steps = what, []  # steps innermost first
+
+
+def _key_ok(k: object) -> str:
+    if type(k) is not str and not isinstance(k, str):
+        raise _Unencodable(f"key {k!r} is not a string")
+    if not k.isascii() and max(k) > "\uffff":
+        raise _Unencodable(f"key {k!r} would sort differently under RFC 8785")
+    return k
+
+
+def _has_floats(obj: Any) -> bool:
+    """Validate ``obj`` as JSON for RFC 8785 without copying it; True if it holds any float."""
+    t = type(obj)
+    if t is str or t is int or t is bool or obj is None:
+        return False
+    if t is float:
+        return True
+    if t is dict or isinstance(obj, dict):
+        found = False
+        for k, v in obj.items():
+            _key_ok(k)
+            try:
+                found = _has_floats(v) or found
+            except _Unencodable as e:
+                e.steps.append(f".{k}")
+                raise
+        return found
+    if t is list or t is tuple or isinstance(obj, (list, tuple)):
+        found = False
+        for i, v in enumerate(obj):
+            try:
+                found = _has_floats(v) or found
+            except _Unencodable as e:
+                e.steps.append(f"[{i}]")
+                raise
+        return found
+    if isinstance(obj, (bool, str, int)):
+        return False
+    if isinstance(obj, float):
+        return True
+    raise _Unencodable(f"{type(obj).__name__} is not JSON")
+
+
+def _with_tokens(obj: Any, floats: list[str]) -> Any:
+    """A copy of an already validated value with each float replaced by a placeholder token."""
     if isinstance(obj, float):
         floats.append(es6_number(obj))
         return _TOKEN.format(len(floats) - 1)
-    if isinstance(obj, (list, tuple)):
-        return [_prepare(v, floats, f"{path}[{i}]") for i, v in enumerate(obj)]
     if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            if not isinstance(k, str):
-                raise CanonicalError(f"{path}: key {k!r} is not a string")
-            if any(ord(c) > 0xFFFF for c in k):
-                raise CanonicalError(f"{path}: key {k!r} would sort differently under RFC 8785")
-            out[k] = _prepare(v, floats, f"{path}.{k}")
-        return out
-    raise CanonicalError(f"{path}: {type(obj).__name__} is not JSON")
+        return {k: _with_tokens(v, floats) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_with_tokens(v, floats) for v in obj]
+    return obj
 
 
 def canonical_bytes(obj: Any) -> bytes:
     """Encode ``obj`` as RFC 8785 canonical JSON bytes."""
+    try:
+        has_floats = _has_floats(obj)
+    except _Unencodable as e:
+        raise CanonicalError(f"${''.join(reversed(e.steps))}: {e.what}") from None
+    if not has_floats:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     floats: list[str] = []
-    prepared = _prepare(obj, floats, "$")
-    text = json.dumps(prepared, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(_with_tokens(obj, floats), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     for i, num in enumerate(floats):
         text = text.replace(json.dumps(_TOKEN.format(i)), num, 1)
     return text.encode("utf-8")

@@ -661,7 +661,9 @@ class Ledger:
         """
         audit = _Audit(self, verifiers)
         problems = audit.run()
-        self.audited_entries: list[bytes] | None = audit.audited if not problems else None
+        # (file and line, size, (name, key ID) of every trusted signature) for each checkpoint, so
+        # a caller can judge the signing keys at the time of the entries each one commits to
+        self.checkpoint_signers: list[tuple[str, int, tuple[tuple[str, bytes], ...]]] = audit.signers
         return problems
 
 
@@ -671,7 +673,8 @@ def _capped(problems: list[str], what: str) -> list[str]:
     return [*problems[:_MAX_LISTED], f"{what}: and {len(problems) - _MAX_LISTED} more problems"]
 
 
-_HistoryRow = tuple[int, int, str, "Checkpoint | None", list[str]]  # line no., end offset, text, parsed, problems
+# line no., end offset, text, parsed checkpoint, its trusted signers, problems
+_HistoryRow = tuple[int, int, str, "Checkpoint | None", tuple[tuple[str, bytes], ...], list[str]]
 
 
 class _Audit:
@@ -683,27 +686,32 @@ class _Audit:
         self.entries, self.cps, self.cp, self.state = (
             str(ledger._file(n)) for n in (ENTRIES, CHECKPOINTS, CHECKPOINT, STATE)
         )
-        self.audited: list[bytes] = []  # decoded entries, in order, so a caller need not decode twice
+        self.signers: list[tuple[str, int, tuple[tuple[str, bytes], ...]]] = []
 
-    def _signed(self, text: str, where: str, out: list[str]) -> Checkpoint | None:
-        """Parse a checkpoint note, check its signature and origin; problems go to ``out``."""
+    def _signed(self, text: str, where: str, out: list[str]) -> tuple[Checkpoint | None, tuple[tuple[str, bytes], ...]]:
+        """Parse a checkpoint note, check its signatures and origin; problems go to ``out``.
+
+        Returns the checkpoint (None if unreadable) and the (name, key ID) of each signature
+        that verified under a trusted key.
+        """
         try:
             note = Note.from_text(text)
         except SignatureError as e:
             out.append(f"{where}: {e}")
-            return None
+            return None, ()
+        good: tuple[tuple[str, bytes], ...] = ()
         try:
-            note.verified_by(self.verifiers)
+            good = tuple((sig.name, sig.key_id) for sig in note.verified_by(self.verifiers))
         except SignatureError as e:
             out.append(f"{where}: {e}")  # still check the body below
         try:
             cp = Checkpoint.from_body(note.text)
         except LedgerError as e:
             out.append(f"{where}: {e}")
-            return None
+            return None, good
         if cp.origin != self.ledger.origin:
             out.append(f"{where}: origin '{cp.origin}', expected '{self.ledger.origin}'")
-        return cp
+        return cp, good
 
     def _history(self, lines: list[tuple[int, int, bytes]]) -> list[_HistoryRow]:
         """Every historical checkpoint line decoded, parsed and its signature checked, on all cores."""
@@ -717,9 +725,10 @@ class _Audit:
                 try:
                     text = _decode_note_line(line)
                 except LedgerError as e:
-                    out.append((n, end, "", None, [f"{where}: {e}"]))
+                    out.append((n, end, "", None, (), [f"{where}: {e}"]))
                     continue
-                out.append((n, end, text, self._signed(text, where, problems), problems))
+                cp, signers = self._signed(text, where, problems)
+                out.append((n, end, text, cp, signers, problems))
             return out
 
         return [row for chunk in fork_map(part, lines) for row in chunk]
@@ -732,16 +741,19 @@ class _Audit:
 
         raw = _read(Path(self.cp))
         current_text = raw.decode("utf-8", "replace") if raw is not None else None
-        current = self._signed(current_text, self.cp, cp_out) if current_text is not None else None
+        current, signers = self._signed(current_text, self.cp, cp_out) if current_text is not None else (None, ())
+        if current is not None:
+            self.signers.append((self.cp, current.size, signers))
 
         history: list[tuple[int, str, Checkpoint]] = []
         hist_end: dict[int, int] = {0: 0}
         prev = 0
         hist_lines = [(n, end, line) for n, (end, line) in enumerate(_lines(_read(Path(self.cps)) or b""), 1)]
-        for n, end, text, cp, problems in self._history(hist_lines):
+        for n, end, text, cp, signers, problems in self._history(hist_lines):
             hist_out.extend(problems)
             if cp is None:
                 continue
+            self.signers.append((f"{self.cps}: line {n}", cp.size, signers))
             if cp.size <= prev:
                 hist_out.append(f"{self.cps}: line {n}: size {cp.size} does not grow past the previous {prev}")
             prev = max(prev, cp.size)
@@ -769,7 +781,6 @@ class _Audit:
                 break
             try:
                 entry, leaf = decode_frame(line, index)
-                self.audited.append(entry)
             except LedgerError as e:
                 ent_out.append(f"{self.entries}: entry {index}: {e}")
                 leaf = merkle.leaf_hash(line)  # keep counting, so later roots are still compared

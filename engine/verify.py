@@ -109,6 +109,7 @@ class _Slice:
     logged: dict[str, set[str]] = field(default_factory=dict)  # dataset event digests
     latest_outs: dict[str, tuple[str, str]] = field(default_factory=dict)
     attested: list[tuple[str, str, str]] = field(default_factory=list)
+    times: dict[int, datetime] = field(default_factory=dict)  # entry index -> the time it was signed at
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,7 @@ def _check_entries(ctx: _Context, part: Sequence[tuple[int, bytes]]) -> _Slice:
             report.fail(f"{where}: unreadable time '{at_text}'")
             continue
         _check_signatures(env, ctx.trust, role, at, where, report)
+        out.times[index] = at
         report.count("records")
         if env.payload_type != RUN_TYPE:
             continue
@@ -190,7 +192,10 @@ def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool =
     rel = os.path.relpath(ldir, ws.root)
     # The structure audit (every frame and historical checkpoint) runs in a child process while
     # this one checks the entries' signatures, records and attestations.
-    structure_job = background(lambda: ledger.verify_structure(*verifiers))
+    def audit() -> tuple[list[str], list[Any]]:
+        return ledger.verify_structure(*verifiers), ledger.checkpoint_signers
+
+    structure_job = background(audit)
     try:
         raws: list[bytes] = []
         try:
@@ -199,7 +204,7 @@ def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool =
             report.fail(f"{rel}: entries unreadable past entry {len(raws)}: {e}".replace(ldir, rel))
         ctx = _Context(prov, trust, run)
         slices = fork_map(lambda part: _check_entries(ctx, part), list(enumerate(raws)))
-        structure = structure_job.result()
+        structure, checkpoint_signers = structure_job.result()
     finally:
         structure_job.cancel()
     for problem in structure:
@@ -234,6 +239,7 @@ def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool =
     attested: list[tuple[str, str, str]] = []  # every (path, digest, run) any attestation signed
     logged: dict[str, set[str]] = {}
     run_ids: set[str] = set()
+    times: dict[int, datetime] = {}
     proven = {len(raws) - 1} if raws else set()
     for part in slices:
         for index, where, claimed, own, run_id in part.runs:
@@ -249,10 +255,12 @@ def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool =
         report.merge(part.report)
         latest_outs.update(part.latest_outs)
         attested.extend(part.attested)
+        times.update(part.times)
         for k, v in part.logged.items():
             logged.setdefault(k, set()).update(v)
     if not structure:
         _check_inclusion(ledger, raws, sorted(proven), report)
+    _check_checkpoint_keys(trust, checkpoint_signers, times, report, ldir, rel)
 
     if run is None:
         _verify_datasets(ws, trust, logged, report)
@@ -265,6 +273,33 @@ def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool =
         wpath.write_text(json.dumps({"origin": current.origin, "size": current.size,
                                      "root": current.root_hash.hex(), "workspace": os.path.realpath(ws.root)}))
     return report
+
+
+def _check_checkpoint_keys(trust: TrustStore, signers: list[Any], times: dict[int, datetime],
+                           report: VerifyReport, ldir: str, rel: str) -> None:
+    """Each checkpoint's ledger key must be valid (window, revocation) when the checkpoint was made.
+
+    A checkpoint carries no time of its own; it is made as its last entry is appended, so it is
+    judged at that entry's signed time (a checkpoint over an unreadable entry is already a failure).
+    """
+    from engine.note import key_id
+
+    bounded = {(e.name, key_id(e.name, e.public_key.raw)): e for e in trust.entries
+               if "ledger" in e.roles and (e.revoked or e.not_before or e.not_after)}
+    if not bounded:
+        return
+    for where, size, sigs in signers:
+        at = times.get(size - 1)
+        if at is None:
+            continue
+        for name, kid in sigs:
+            entry = bounded.get((name, kid))
+            if entry is None:
+                continue
+            try:
+                trust.check(entry.keyid, "ledger", at)
+            except SignatureError as e:
+                report.fail(f"{where.replace(ldir, rel)}: checkpoint of size {size} signed by '{name}': {e}")
 
 
 def _check_inclusion(ledger: Any, raws: list[bytes], indices: list[int], report: VerifyReport) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 
 import pytest
 
@@ -141,3 +142,21 @@ def test_parse_caches_follow_file_contents(tmp_path):
         cfg, spec, _ = ws.load()
         assert cfg["a"]["x"] == v and spec["s"].cmd == f"echo {v}"
     del os.environ["CERTUS_T_X"]
+
+
+@pytest.mark.parametrize("value, message", [
+    ({"a": [1, {"b": object()}]}, "$.a[1].b: object is not JSON"),
+    ({"a": {1: 2}}, "$.a: key 1 is not a string"),
+    ([{"\U0001f600": 1}], "$[0]: key '\U0001f600' would sort differently under RFC 8785"),
+    ({"x": [float("nan")]}, "nan is not representable in JSON"),
+])
+def test_canonical_errors_name_the_place(value, message):
+    with pytest.raises(CanonicalError, match="^" + re.escape(message) + "$"):
+        canonical_bytes(value)
+
+
+def test_canonical_bytes_without_floats_match_the_token_path():
+    value = {"z": [1, True, None, "é", (2, 3)], "a": {"k": "v"}}
+    with_float = {**value, "f": 0.5}
+    assert canonical_bytes(value) == b'{"a":{"k":"v"},"z":[1,true,null,"\xc3\xa9",[2,3]]}'
+    assert canonical_bytes(with_float) == b'{"a":{"k":"v"},"f":0.5,"z":[1,true,null,"\xc3\xa9",[2,3]]}'

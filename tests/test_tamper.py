@@ -565,6 +565,33 @@ def test_checkpoint_signed_by_a_key_without_the_ledger_role(t: Signed) -> None:
     assert ".certus/ledger/checkpoint: note: not signed by any trusted key (trusted: alice+" in text
 
 
+def test_ledger_key_revoked_before_a_checkpoint_it_signed(t: Signed) -> None:
+    assert t.certus("keys", "generate", "--name", "notary", "--role", "ledger")[0] == 0
+    assert t.certus("keys", "trust", str(t.home / "keys/notary.pub"), "--role", "ledger")[0] == 0
+    subprocess.run(["git", "commit", "-qam", "trust notary"], cwd=t.root, check=True)
+    t.mp.setenv("CERTUS_LEDGER_KEY", "notary")
+    rc, text = t.certus("repro", "c.z=5")
+    assert rc == 0, text
+    assert "\u2014 notary " in (t.ledger / "checkpoint").read_text(encoding="utf-8")
+    t.verify_ok()
+    rec = payload(t.entries()[-1])
+    finished = datetime.fromisoformat(rec["finished"].replace("Z", "+00:00"))
+    later = (finished + timedelta(seconds=5)).isoformat()
+    assert t.certus("keys", "revoke", "notary", "--reason", "rotated", "--at", later)[0] == 0
+    t.verify_ok()  # revoked after it signed: its checkpoints stand
+    trust = json.loads((t.root / "trust.json").read_text())
+    for k in trust["keys"]:
+        if k["name"] == "notary":
+            k["revoked_at"] = (finished - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    (t.root / "trust.json").write_text(json.dumps(trust, indent=2) + "\n")
+    text = t.verify_fails()
+    assert ".certus/ledger/checkpoint: checkpoint of size 4 signed by 'notary': " in text and "revoked at" in text
+    assert ".certus/ledger/checkpoints.jsonl: line 4: checkpoint of size 4 signed by 'notary'" in text
+    assert "line 3: checkpoint" not in text  # alice's checkpoints are untouched
+    rc, text = t.certus("repro", "c.z=6")  # and the revoked key can no longer sign checkpoints
+    assert rc != 0 and "notary" in text and "revoked" in text
+
+
 # -- crash injection through `certus verify` and `certus ledger repair` ------------------------------
 
 CRASHER = textwrap.dedent("""
