@@ -455,8 +455,8 @@ class Repro:
         """Hook for what follows a run (provenance); the base run does nothing more."""
 
     def _report(self, progress: Progress, result: ReproResult, running: dict[Any, Any], event: str) -> None:
-        done = sum(1 for o in result.outcomes.values() if o.state in OK_STATES + ("failed", "blocked"))
-        progress.show(done, len(running), progress.total - len(result.outcomes), event)
+        # every decided stage is either running or settled: O(1) here, not a pass over all outcomes
+        progress.show(len(result.outcomes) - len(running), len(running), progress.total - len(result.outcomes), event)
 
     def _decide_and_start(self, st: StageSpec, running: dict[Any, Any], result: ReproResult,
                           wslock: WorkspaceLock) -> str:
