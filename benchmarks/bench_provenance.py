@@ -135,8 +135,24 @@ def bench_verify(runs: int, batch_size: int = 1, keep: str | None = None) -> Non
         _time_verify(ws, ledger, runs)
 
 
+def machine_speed() -> str:
+    """A yardstick printed next to the timings: this shared VM's speed drifts by up to 1.6x."""
+    from engine.adapters.keys import generate_key, verify_ed25519
+
+    key = generate_key("yardstick", "trainer")
+    msg = b"x" * 1500
+    sig = key.sign(msg)
+    pub = key.public_key.raw
+    t0 = time.perf_counter()
+    for _ in range(5000):
+        verify_ed25519(pub, sig, msg)
+    return f"machine yardstick: one Ed25519 verify (libsodium) = {(time.perf_counter() - t0) / 5000 * 1e6:.0f} µs"
+
+
 def _time_verify(ws: Workspace, ledger, runs: int) -> None:
     from engine.verify import verify_workspace
+
+    print(machine_speed())
 
     for attempt in (1, 2):  # the first pass may read the files from disk; the second from the page cache
         t0 = time.perf_counter()
@@ -173,6 +189,7 @@ def main() -> None:
                     help="records per ledger append; 1 (default) = one signed checkpoint per run, as real runs do")
     a = ap.parse_args()
     if not a.skip_record:
+        print(machine_speed())
         bench_record(a.stages)
     bench_verify(a.runs, a.batch, a.keep)
 

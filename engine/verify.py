@@ -397,8 +397,7 @@ def _verify_run(prov: Any, rec: dict[str, Any], trust: TrustStore, at: datetime,
                         f"{str(rec.get('merkle_root'))[:16]}…")
         else:
             report.count("attestation merkle roots")
-            for i in range(len(leaves)):
-                proof = merkle.inclusion_proof(i, leaves)
+            for i, proof in enumerate(merkle.inclusion_proofs(leaves)):
                 merkle.verify_inclusion(leaves[i], i, len(leaves), proof.hashes, bytes.fromhex(root))
             report.count("attestation inclusion proofs", len(leaves))
 

@@ -179,9 +179,12 @@ def test_against_reference(n: int) -> None:
     assert merkle.root(leaves) == roots[n]
     assert merkle.Frontier().extend(leaves).root() == roots[n]
 
+    all_proofs = merkle.inclusion_proofs(leaves)
+    assert [p.index for p in all_proofs] == list(range(n))
     for i in range(n):
         proof = merkle.inclusion_proof(i, leaves)
         assert list(proof.hashes) == ref_path(i, raw)
+        assert all_proofs[i] == proof
         merkle.verify_inclusion(leaves[i], i, n, proof.hashes, roots[n])
         with pytest.raises(merkle.RootMismatchError):
             merkle.verify_inclusion(flip(leaves[i]), i, n, proof.hashes, roots[n])
