@@ -21,7 +21,7 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -226,15 +226,11 @@ class Provenance:
         self._write_head(previous, index + 1)
         return index
 
-    def items(self, entries: list[bytes] | None = None) -> Iterator[LedgerItem]:
-        """Every committed ledger entry (or the given, already audited ones), decoded as far as it decodes."""
-        if entries is None:
-            if not os.path.isdir(ledger_dir(self.ws)):
-                return
-            entries_iter: Iterable[bytes] = self.open_ledger(create=False).entries()
-        else:
-            entries_iter = entries
-        for i, raw in enumerate(entries_iter):
+    def items(self) -> Iterator[LedgerItem]:
+        """Every committed ledger entry, decoded as far as it decodes."""
+        if not os.path.isdir(ledger_dir(self.ws)):
+            return
+        for i, raw in enumerate(self.open_ledger(create=False).entries()):
             try:
                 env = Envelope.from_json_bytes(raw)
                 payload = json.loads(env.payload)
