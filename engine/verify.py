@@ -269,9 +269,12 @@ def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool =
     if artifacts:
         _verify_artifacts(ws, latest_outs, attested, report)
     if update_witness and report.ok and current is not None:
+        from engine.fsutil import atomic_write
+
         wpath.parent.mkdir(parents=True, exist_ok=True)
-        wpath.write_text(json.dumps({"origin": current.origin, "size": current.size,
-                                     "root": current.root_hash.hex(), "workspace": os.path.realpath(ws.root)}))
+        seen_now = {"origin": current.origin, "size": current.size, "root": current.root_hash.hex(),
+                    "workspace": os.path.realpath(ws.root)}
+        atomic_write(str(wpath), json.dumps(seen_now).encode())
     return report
 
 
