@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterable
 from typing import Any
 
 __all__ = ["CanonicalError", "canonical_bytes", "canonical_digest", "from_canonical", "es6_number"]
@@ -76,29 +77,26 @@ def _has_floats(obj: Any) -> bool:
     if t is float:
         return True
     if t is dict or isinstance(obj, dict):
-        found = False
-        for k, v in obj.items():
+        for k in obj:
             _key_ok(k)
-            try:
-                found = _has_floats(v) or found
-            except _Unencodable as e:
-                e.steps.append(f".{k}")
-                raise
-        return found
-    if t is list or t is tuple or isinstance(obj, (list, tuple)):
-        found = False
-        for i, v in enumerate(obj):
-            try:
-                found = _has_floats(v) or found
-            except _Unencodable as e:
-                e.steps.append(f"[{i}]")
-                raise
-        return found
-    if isinstance(obj, (bool, str, int)):
+        children: Iterable[tuple[Any, Any]] = obj.items()
+        step = ".{}"
+    elif t is list or t is tuple or isinstance(obj, (list, tuple)):
+        children, step = enumerate(obj), "[{}]"
+    elif isinstance(obj, (bool, str, int)):
         return False
-    if isinstance(obj, float):
+    elif isinstance(obj, float):
         return True
-    raise _Unencodable(f"{type(obj).__name__} is not JSON")
+    else:
+        raise _Unencodable(f"{type(obj).__name__} is not JSON")
+    found = False
+    for k, v in children:
+        try:
+            found = _has_floats(v) or found
+        except _Unencodable as e:
+            e.steps.append(step.format(k))
+            raise
+    return found
 
 
 def _with_tokens(obj: Any, floats: list[str]) -> Any:
