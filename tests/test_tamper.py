@@ -489,15 +489,20 @@ def test_key_not_in_the_trust_file(t: Signed) -> None:
     assert "not in the trust file" in text
 
 
-def _run_with_bob(t: Signed) -> dict[str, Any]:
-    """Trust a trainer key 'bob', commit, and make run 3 (c.z=5) signed by it."""
-    assert t.certus("keys", "generate", "--name", "bob", "--role", "trainer")[0] == 0
-    assert t.certus("keys", "trust", str(t.home / "keys/bob.pub"), "--role", "trainer")[0] == 0
-    subprocess.run(["git", "commit", "-qam", "trust bob"], cwd=t.root, check=True)
-    t.mp.setenv("CERTUS_KEY", "bob")
+def _run_signed_by_new_key(t: Signed, name: str, role: str, env: str) -> dict[str, Any]:
+    """Trust a new key ``name`` for ``role``, commit, and make run 3 (c.z=5) with it chosen by ``env``."""
+    assert t.certus("keys", "generate", "--name", name, "--role", role)[0] == 0
+    assert t.certus("keys", "trust", str(t.home / f"keys/{name}.pub"), "--role", role)[0] == 0
+    subprocess.run(["git", "commit", "-qam", f"trust {name}"], cwd=t.root, check=True)
+    t.mp.setenv(env, name)
     rc, text = t.certus("repro", "c.z=5")
     assert rc == 0, text
-    rec = payload(t.entries()[-1])
+    return payload(t.entries()[-1])
+
+
+def _run_with_bob(t: Signed) -> dict[str, Any]:
+    """Trust a trainer key 'bob', commit, and make run 3 (c.z=5) signed by it."""
+    rec = _run_signed_by_new_key(t, "bob", "trainer", "CERTUS_KEY")
     bob = t.signer("bob").keyid
     assert json.loads(t.entries()[-1])["signatures"][0]["keyid"] == bob
     return rec
@@ -566,15 +571,9 @@ def test_checkpoint_signed_by_a_key_without_the_ledger_role(t: Signed) -> None:
 
 
 def test_ledger_key_revoked_before_a_checkpoint_it_signed(t: Signed) -> None:
-    assert t.certus("keys", "generate", "--name", "notary", "--role", "ledger")[0] == 0
-    assert t.certus("keys", "trust", str(t.home / "keys/notary.pub"), "--role", "ledger")[0] == 0
-    subprocess.run(["git", "commit", "-qam", "trust notary"], cwd=t.root, check=True)
-    t.mp.setenv("CERTUS_LEDGER_KEY", "notary")
-    rc, text = t.certus("repro", "c.z=5")
-    assert rc == 0, text
+    rec = _run_signed_by_new_key(t, "notary", "ledger", "CERTUS_LEDGER_KEY")
     assert "\u2014 notary " in (t.ledger / "checkpoint").read_text(encoding="utf-8")
     t.verify_ok()
-    rec = payload(t.entries()[-1])
     finished = datetime.fromisoformat(rec["finished"].replace("Z", "+00:00"))
     later = (finished + timedelta(seconds=5)).isoformat()
     assert t.certus("keys", "revoke", "notary", "--reason", "rotated", "--at", later)[0] == 0
