@@ -39,7 +39,11 @@ def _child(fn: Callable[[], object], r: int, w: int) -> None:
         try:
             payload = pickle.dumps((True, fn()), pickle.HIGHEST_PROTOCOL)
         except BaseException as e:  # noqa: BLE001 - handed to the parent, which raises it
-            payload = pickle.dumps((False, e), pickle.HIGHEST_PROTOCOL)
+            try:
+                payload = pickle.dumps((False, e), pickle.HIGHEST_PROTOCOL)
+                pickle.loads(payload)  # some exceptions pickle but cannot be rebuilt
+            except Exception:  # noqa: BLE001 - one that does not round-trip still says what it was
+                payload = pickle.dumps((False, RuntimeError(f"{type(e).__name__}: {e}")), pickle.HIGHEST_PROTOCOL)
         with os.fdopen(w, "wb") as out:
             out.write(payload)
     except BaseException:  # noqa: BLE001
@@ -49,12 +53,13 @@ def _child(fn: Callable[[], object], r: int, w: int) -> None:
 
 
 class Background(Generic[R]):
-    """A call running in a forked child; :meth:`result` waits for it (or runs it here)."""
+    """A call running in a forked child; :meth:`result` waits for it (or, with ``fork=False`` or
+    no ``os.fork``, runs it then, here)."""
 
     def __init__(self, fn: Callable[[], R], *, fork: bool = True) -> None:
         self._fn: Callable[[], R] | None = fn
         self._pid = self._fd = -1
-        if fork and hasattr(os, "fork") and cpu_count() > 1:
+        if fork and hasattr(os, "fork"):
             gc.freeze()  # what the child inherits stays out of its collections: no copy-on-write storm
             try:
                 r, w = os.pipe()
@@ -97,7 +102,8 @@ class Background(Generic[R]):
 
 
 def background(fn: Callable[[], R]) -> Background[R]:
-    return Background(fn)
+    """``fn`` in a forked child when there is a second core to run it on, else later, here."""
+    return Background(fn, fork=cpu_count() > 1)
 
 
 def fork_map(fn: Callable[[Sequence[T]], R], items: Sequence[T], *, min_per_worker: int | None = None,

@@ -66,7 +66,7 @@ def test_no_worker_is_left_behind() -> None:
 
 
 def test_background_runs_while_the_caller_works(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    monkeypatch.setattr(parallel, "cpu_count", lambda: 2)
+    monkeypatch.setattr(parallel, "cpu_count", lambda: 2)  # even on a one-core machine
     flag = tmp_path / "go"
 
     def wait_for_flag() -> str:
@@ -78,7 +78,7 @@ def test_background_runs_while_the_caller_works(monkeypatch: pytest.MonkeyPatch,
             time.sleep(0.01)
         return "timed out"
 
-    job = Background(wait_for_flag)
+    job = parallel.background(wait_for_flag)
     flag.write_text("")  # only this process can make the child finish: so it runs concurrently
     result = job.result()
     assert result.endswith("saw it") and not result.startswith(str(os.getpid()))
@@ -86,7 +86,8 @@ def test_background_runs_while_the_caller_works(monkeypatch: pytest.MonkeyPatch,
 
 def test_background_without_cores_runs_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(parallel, "cpu_count", lambda: 1)
-    assert Background(os.getpid).result() == os.getpid()
+    assert parallel.background(os.getpid).result() == os.getpid()
+    assert Background(os.getpid, fork=False).result() == os.getpid()
 
 
 def test_background_cancel_reaps_the_child(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,3 +98,19 @@ def test_background_cancel_reaps_the_child(monkeypatch: pytest.MonkeyPatch) -> N
     job.cancel()
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)
+
+
+class _Unpicklable(Exception):
+    def __init__(self, a: str, b: str) -> None:
+        super().__init__(f"{a}/{b}")
+
+
+def _raises_unpicklable(part: Sequence[int]) -> int:
+    if part[0] != 0:
+        raise _Unpicklable("left", "right")  # unpickling calls __init__ with one argument: fails
+    return 0
+
+
+def test_an_exception_that_does_not_round_trip_still_says_what_it_was() -> None:
+    with pytest.raises((RuntimeError, _Unpicklable), match="left/right"):
+        fork_map(_raises_unpicklable, list(range(4)), workers=2, min_per_worker=1)
