@@ -32,7 +32,7 @@ from engine.cache import ObjectCache, RunCache, link_types_from, remove_path
 from engine.digest import Digest
 from engine.errors import InterruptedRunError, StageFailedError
 from engine.executor import Executor, JobResult, StageJob
-from engine.fsutil import atomic_write
+from engine.fsutil import write_if_changed
 from engine.hashing import Entry, Hasher
 from engine.lockfile import LockFile
 from engine.plan import lock_entry
@@ -178,8 +178,8 @@ class Repro:
 
     def _job(self, st: StageSpec, sde: str) -> StageJob:
         params_path = os.path.join(self.ws.dot, "tmp", "params", f"{st.name}.json")
-        atomic_write(params_path, json.dumps(nested_params(st.params), sort_keys=True, indent=2).encode(),
-                     sync=False)
+        os.makedirs(os.path.dirname(params_path), exist_ok=True)
+        write_if_changed(params_path, json.dumps(nested_params(st.params), sort_keys=True, indent=2).encode())
         env = dict(os.environ)
         env.update({
             "PYTHONHASHSEED": "0", "TZ": "UTC", "LC_ALL": "C.UTF-8", "SOURCE_DATE_EPOCH": sde,

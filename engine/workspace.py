@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import ConfigError, GraphError, LockHeldError, SpecError, WorkspaceError
-from engine.fsutil import atomic_write
+from engine.fsutil import atomic_write, overwrite_small
 
 __all__ = ["Workspace", "WorkspaceLock", "find_root", "proc_start_time"]
 
@@ -303,7 +303,7 @@ class WorkspaceLock:
         return killed
 
     def record_running(self, groups: list[dict[str, Any]]) -> None:
-        atomic_write(self.running_path, json.dumps({"groups": groups}).encode(), sync=False)
+        overwrite_small(self.running_path, json.dumps({"groups": groups}).encode())
 
     def release(self) -> None:
         if self.fd is not None:

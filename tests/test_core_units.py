@@ -160,3 +160,30 @@ def test_canonical_bytes_without_floats_match_the_token_path():
     with_float = {**value, "f": 0.5}
     assert canonical_bytes(value) == b'{"a":{"k":"v"},"z":[1,true,null,"\xc3\xa9",[2,3]]}'
     assert canonical_bytes(with_float) == b'{"a":{"k":"v"},"f":0.5,"z":[1,true,null,"\xc3\xa9",[2,3]]}'
+
+
+def test_overwrite_small_keeps_json_readable_when_it_shrinks(tmp_path):
+    import json
+
+    from engine.fsutil import overwrite_small
+
+    p = tmp_path / "running.json"
+    overwrite_small(str(p), json.dumps({"groups": [{"pgid": 123456, "start": 987654321}] * 3}).encode())
+    inode = p.stat().st_ino
+    overwrite_small(str(p), json.dumps({"groups": []}).encode())
+    assert json.loads(p.read_bytes()) == {"groups": []}
+    assert p.read_bytes() == b'{"groups": []}'  # trimmed after the padded write
+    assert p.stat().st_ino == inode  # rewritten in place, no rename
+
+
+def test_write_if_changed_skips_identical_bytes(tmp_path):
+    from engine.fsutil import write_if_changed
+
+    p = tmp_path / "params.json"
+    write_if_changed(str(p), b'{"a": 1}')
+    before = p.stat()
+    write_if_changed(str(p), b'{"a": 1}')
+    assert p.stat().st_ino == before.st_ino and p.stat().st_mtime_ns == before.st_mtime_ns
+    write_if_changed(str(p), b'{"a": 2}')
+    assert p.read_bytes() == b'{"a": 2}'
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
