@@ -187,3 +187,28 @@ def test_write_if_changed_skips_identical_bytes(tmp_path):
     write_if_changed(str(p), b'{"a": 2}')
     assert p.read_bytes() == b'{"a": 2}'
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+
+
+def test_lock_bytes_equal_the_plain_encoder_while_entries_change():
+    import json
+    import random
+
+    from engine.lockfile import LOCK_VERSION, LockFile, StageLock
+
+    def reference(lf: LockFile) -> bytes:
+        doc = {"version": LOCK_VERSION, "pipeline": lf.pipeline,
+               "stages": {n: s.to_dict() for n, s in sorted(lf.stages.items())}}
+        return (json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
+
+    rng = random.Random(7)
+    lf = LockFile("unused", pipeline="pipelines/é.yaml")
+    assert lf.to_bytes() == reference(lf)  # no stages: "stages": {}
+    for i in range(200):
+        name = rng.choice(["a", "b@1", "ü", 's"q', "z-9"]) + str(rng.randint(0, 5))
+        if rng.random() < 0.2:
+            lf.drop(name)
+        else:
+            lf.set(name, StageLock(key=f"k{i}", cmd="echo 'a\nb'", deps={"d/ü": "sha256:1"},
+                                   params={"p": [1, 2.5, {"x": None}]}, env={"E": "1"},
+                                   outs={"o": {"digest": "sha256:2", "size": i}}))
+        assert lf.to_bytes() == reference(lf)
