@@ -111,6 +111,20 @@ class _Slice:
     attested: list[tuple[str, str, str]] = field(default_factory=list)
     times: dict[int, datetime] = field(default_factory=dict)  # entry index -> the time it was signed at
 
+    @classmethod
+    def concat(cls, parts: list[_Slice]) -> _Slice:
+        """The slices of consecutive entries as one, in entry order."""
+        out = cls()
+        for part in parts:
+            out.report.merge(part.report)
+            out.runs.extend(part.runs)
+            for k, v in part.logged.items():
+                out.logged.setdefault(k, set()).update(v)
+            out.latest_outs.update(part.latest_outs)
+            out.attested.extend(part.attested)
+            out.times.update(part.times)
+        return out
+
 
 @dataclass(frozen=True)
 class _Context:
@@ -212,70 +226,63 @@ def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool =
     report.count("ledger entries", ledger.size)
     report.count("checkpoints")
 
-    # witness: the last checkpoint this verifier saw must be extended, not rewritten
-    wpath = witness_path(ws)
-    seen = None
-    if wpath.exists():
-        from engine.note import Checkpoint
+    current = _check_witness(ledger, witness_path(ws), verifiers, rel, report)
 
-        try:
-            w = json.loads(wpath.read_text())
-            seen = Checkpoint(origin=w["origin"], size=int(w["size"]), root_hash=bytes.fromhex(w["root"]))
-        except (ValueError, KeyError, EngineError) as e:
-            report.notes.append(f"{wpath}: unreadable remembered checkpoint ({e}); starting afresh")
-    current = None
-    if seen is not None:
-        try:
-            current = ledger.witness(seen, *verifiers)
-            report.count("consistency with last seen checkpoint")
-        except EngineError as e:
-            report.fail(f"{rel}: not consistent with the checkpoint this verifier saw before "
-                        f"(size {seen.size}, root {seen.root_hash.hex()[:16]}…): {e}")
-    elif ledger.checkpoint() is not None:
-        current = ledger.checkpoint()
-
+    entries = _Slice.concat(slices)
+    report.merge(entries.report)
     previous_run: str | None = None
-    latest_outs: dict[str, tuple[str, str]] = {}  # path -> (digest, run) from the newest attestation
-    attested: list[tuple[str, str, str]] = []  # every (path, digest, run) any attestation signed
-    logged: dict[str, set[str]] = {}
-    run_ids: set[str] = set()
-    times: dict[int, datetime] = {}
     proven = {len(raws) - 1} if raws else set()
-    for part in slices:
-        for index, where, claimed, own, run_id in part.runs:
-            if claimed != previous_run:
-                report.fail(f"{where}: previous-record hash {str(claimed)[:16]}… does not match the "
-                            f"preceding run record ({str(previous_run)[:16]}…): the chain of runs is broken")
-            else:
-                report.count("run chain links")
-            previous_run = own
-            run_ids.add(run_id)
-            if run_id == run:
-                proven.add(index)
-        report.merge(part.report)
-        latest_outs.update(part.latest_outs)
-        attested.extend(part.attested)
-        times.update(part.times)
-        for k, v in part.logged.items():
-            logged.setdefault(k, set()).update(v)
+    for index, where, claimed, own, run_id in entries.runs:
+        if claimed != previous_run:
+            report.fail(f"{where}: previous-record hash {str(claimed)[:16]}… does not match the "
+                        f"preceding run record ({str(previous_run)[:16]}…): the chain of runs is broken")
+        else:
+            report.count("run chain links")
+        previous_run = own
+        if run_id == run:
+            proven.add(index)
     if not structure:
         _check_inclusion(ledger, raws, sorted(proven), report)
-    _check_checkpoint_keys(trust, checkpoint_signers, times, report, ldir, rel)
+    _check_checkpoint_keys(trust, checkpoint_signers, entries.times, report, ldir, rel)
 
     if run is None:
-        _verify_datasets(ws, trust, logged, report)
-    if run is not None and run not in run_ids:
+        _verify_datasets(ws, trust, entries.logged, report)
+    if run is not None and run not in {r[4] for r in entries.runs}:
         report.fail(f"run '{run}': not in the ledger; see 'certus log'")
     if artifacts:
-        _verify_artifacts(ws, latest_outs, attested, report)
+        _verify_artifacts(ws, entries.latest_outs, entries.attested, report)
     if update_witness and report.ok and current is not None:
         from engine.fsutil import atomic_write
 
+        wpath = witness_path(ws)
         wpath.parent.mkdir(parents=True, exist_ok=True)
         seen_now = {"origin": current.origin, "size": current.size, "root": current.root_hash.hex(),
                     "workspace": os.path.realpath(ws.root)}
         atomic_write(str(wpath), json.dumps(seen_now).encode())
     return report
+
+
+def _check_witness(ledger: Any, wpath: Any, verifiers: list[Any], rel: str, report: VerifyReport) -> Any:
+    """The ledger must extend the last checkpoint this verifier saw; returns the checkpoint to remember."""
+    from engine.note import Checkpoint
+
+    seen = None
+    if wpath.exists():
+        try:
+            w = json.loads(wpath.read_text())
+            seen = Checkpoint(origin=w["origin"], size=int(w["size"]), root_hash=bytes.fromhex(w["root"]))
+        except (ValueError, KeyError, EngineError) as e:
+            report.notes.append(f"{wpath}: unreadable remembered checkpoint ({e}); starting afresh")
+    if seen is None:
+        return ledger.checkpoint()
+    try:
+        current = ledger.witness(seen, *verifiers)
+        report.count("consistency with last seen checkpoint")
+        return current
+    except EngineError as e:
+        report.fail(f"{rel}: not consistent with the checkpoint this verifier saw before "
+                    f"(size {seen.size}, root {seen.root_hash.hex()[:16]}…): {e}")
+        return None
 
 
 def _check_checkpoint_keys(trust: TrustStore, signers: list[Any], times: dict[int, datetime],
