@@ -184,7 +184,11 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from engine.verify import verify_workspace
 
-    report = verify_workspace(_ws(args), run=args.run, artifacts=args.artifacts)
+    def progress(msg: str) -> None:
+        sys.stderr.write(f"[certus] verify: {msg}\n")
+        sys.stderr.flush()
+
+    report = verify_workspace(_ws(args), run=args.run, artifacts=args.artifacts, progress=progress)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

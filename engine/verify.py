@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -180,9 +180,12 @@ def _check_entries(ctx: _Context, part: Sequence[tuple[int, bytes]]) -> _Slice:
 
 
 def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool = False,
-                     update_witness: bool = True) -> VerifyReport:
+                     update_witness: bool = True, progress: Callable[[str], None] | None = None) -> VerifyReport:
+    """Check everything (see the module docstring); ``progress`` hears of each long phase."""
     from engine.ledger import Ledger
-    from engine.parallel import background, fork_map
+    from engine.parallel import background, cpu_count, fork_map
+
+    say = progress or (lambda _msg: None)
     from engine.provenance import Provenance, ledger_dir, witness_path
 
     report = VerifyReport()
@@ -216,6 +219,8 @@ def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool =
             raws.extend(ledger.entries())
         except EngineError as e:  # a damaged ledger: check what still reads, and say where reading stopped
             report.fail(f"{rel}: entries unreadable past entry {len(raws)}: {e}".replace(ldir, rel))
+        say(f"checking {len(raws):,} ledger entries (signatures, run records, attestations) and every "
+            f"checkpoint, on {cpu_count()} core(s)")
         ctx = _Context(prov, trust, run)
         slices = fork_map(lambda part: _check_entries(ctx, part), list(enumerate(raws)))
         structure, checkpoint_signers = structure_job.result()
@@ -250,6 +255,7 @@ def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool =
     if run is not None and run not in {r[4] for r in entries.runs}:
         report.fail(f"run '{run}': not in the ledger; see 'certus log'")
     if artifacts:
+        say("re-hashing workspace outputs and attested cache objects")
         _verify_artifacts(ws, entries.latest_outs, entries.attested, report)
     if update_witness and report.ok and current is not None:
         from engine.fsutil import atomic_write
