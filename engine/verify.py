@@ -37,6 +37,8 @@ from engine.workspace import Workspace
 
 __all__ = ["VerifyReport", "verify_workspace"]
 
+PROGRESS_FROM = 1000  # ledger entries from which verify says what it is doing (it takes seconds)
+
 
 @dataclass
 class VerifyReport:
@@ -185,7 +187,10 @@ def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool =
     from engine.ledger import Ledger
     from engine.parallel import background, cpu_count, fork_map
 
-    say = progress or (lambda _msg: None)
+    def say(msg: str) -> None:  # only where the wait is long enough to wonder about
+        if progress is not None and len(raws) >= PROGRESS_FROM:
+            progress(msg)
+
     from engine.provenance import Provenance, ledger_dir, witness_path
 
     report = VerifyReport()

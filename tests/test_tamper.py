@@ -113,6 +113,7 @@ class Signed:
         self.capsys.readouterr()
         rc = main(["-C", str(self.root), *args])
         out = self.capsys.readouterr()
+        self.stdout = out.out  # what --json promises to keep parseable (progress goes to stderr)
         return rc, out.out + out.err
 
     def verify_ok(self, *args: str) -> None:
@@ -126,8 +127,8 @@ class Signed:
         return text
 
     def report(self, *args: str) -> dict[str, Any]:
-        rc, text = self.certus("verify", "--json", *args)
-        rep = json.loads(text)
+        rc, _ = self.certus("verify", "--json", *args)
+        rep = json.loads(self.stdout)
         assert (rc == 0) == rep["ok"]
         return rep
 
@@ -294,8 +295,8 @@ def test_verify_json_reports_a_corrupt_frame_instead_of_aborting(t: Signed) -> N
     t.write_frames(frames)
     rc, text = t.certus("verify", "--json")
     assert rc != 0
-    assert text.lstrip().startswith("{"), f"no JSON report, only: {text}"
-    report = json.loads(text)
+    assert t.stdout.lstrip().startswith("{"), f"no JSON report, only: {text}"
+    report = json.loads(t.stdout)
     assert report["ok"] is False
     assert any("entries.jsonl: entry 1: leaf hash mismatch" in f for f in report["failures"])
 
@@ -700,3 +701,13 @@ def test_forked_and_serial_verify_report_the_same(t: Signed) -> None:
     assert f"ledger entry 1 (run {runs[1]}): attestation for stage '{stage}': signature keyid" in failures, failures
     assert "checkpoints.jsonl: line 2:" in failures
     assert "workspace file out/d.txt" in failures
+
+
+def test_verify_says_what_it_checks_on_stderr_and_keeps_json_clean(t: Signed) -> None:
+    import engine.verify
+
+    t.mp.setattr(engine.verify, "PROGRESS_FROM", 1)
+    rc, text = t.certus("verify", "--json", "--artifacts")
+    assert rc == 0 and json.loads(t.stdout)["ok"] is True
+    assert "[certus] verify: checking 3 ledger entries" in text
+    assert "[certus] verify: re-hashing workspace outputs" in text
