@@ -78,6 +78,12 @@ def bench_record(n: int) -> None:
         dt = time.perf_counter() - t0
         print(f"provenance of a {n}-stage run (attest+sign {n} statements, Merkle root, sign record, "
               f"ledger append): {dt * 1000:.0f} ms  ({dt / n * 1e6:.0f} µs/stage)  target < 500 ms")
+        from engine.verify import verify_workspace
+
+        t0 = time.perf_counter()
+        report = verify_workspace(ws)
+        print(f"certus verify of that run ({n} attestations and their inclusion proofs): "
+              f"{time.perf_counter() - t0:.2f} s  ok={report.ok}")
 
 
 def bench_verify(runs: int, batch_size: int = 1, keep: str | None = None) -> None:
