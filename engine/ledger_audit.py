@@ -40,8 +40,9 @@ def _capped(problems: list[str], what: str) -> list[str]:
     return [*problems[:_MAX_LISTED], f"{what}: and {len(problems) - _MAX_LISTED} more problems"]
 
 
+Signers = tuple[tuple[str, bytes], ...]  # (key name, 4-byte key ID) of each signature that verified
 # line no., end offset, text, parsed checkpoint, its trusted signers, problems
-_HistoryRow = tuple[int, int, str, "Checkpoint | None", tuple[tuple[str, bytes], ...], list[str]]
+_HistoryRow = tuple[int, int, str, "Checkpoint | None", Signers, list[str]]
 
 
 class Audit:
@@ -53,9 +54,9 @@ class Audit:
         self.entries, self.cps, self.cp, self.state = (
             str(ledger._file(n)) for n in (ENTRIES, CHECKPOINTS, CHECKPOINT, STATE)
         )
-        self.signers: list[tuple[str, int, tuple[tuple[str, bytes], ...]]] = []
+        self.signers: list[tuple[str, int, Signers]] = []
 
-    def _signed(self, text: str, where: str, out: list[str]) -> tuple[Checkpoint | None, tuple[tuple[str, bytes], ...]]:
+    def _signed(self, text: str, where: str, out: list[str]) -> tuple[Checkpoint | None, Signers]:
         """Parse a checkpoint note, check its signatures and origin; problems go to ``out``.
 
         Returns the checkpoint (None if unreadable) and the (name, key ID) of each signature
@@ -66,7 +67,7 @@ class Audit:
         except SignatureError as e:
             out.append(f"{where}: {e}")
             return None, ()
-        good: tuple[tuple[str, bytes], ...] = ()
+        good: Signers = ()
         try:
             good = tuple((sig.name, sig.key_id) for sig in note.verified_by(self.verifiers))
         except SignatureError as e:
