@@ -318,12 +318,16 @@ def _append_durably(path: Path, data: bytes, expected_size: int) -> None:
         size = os.fstat(fd).st_size
         if size != expected_size:
             raise TornTailError(f"{path}: {size} bytes on disk, expected {expected_size}: changed since open")
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        _write_all(fd, data)
     finally:
         os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.fsync(fd)
 
 
 def _replace_durably(path: Path, data: bytes, hook: StepHook) -> None:
@@ -331,10 +335,7 @@ def _replace_durably(path: Path, data: bytes, hook: StepHook) -> None:
     tmp = path.with_name(f".{path.name}.tmp")  # a fixed name: a crash leaves no debris to commit
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        _write_all(fd, data)
     finally:
         os.close(fd)
     hook(f"{path.name}.tmp")

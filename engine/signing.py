@@ -93,6 +93,20 @@ class PublicKey:
         return base64.b64encode(self.raw).decode("ascii")
 
     @classmethod
+    def from_record(cls, b64: Any, keyid: Any) -> PublicKey:
+        """The key a key or trust file stores as base64 plus its keyid, which must match.
+
+        Raises ValueError naming the field, for the caller to prefix with the file and entry.
+        """
+        try:
+            pub = cls(b64decode_strict(b64))
+        except (ValueError, SignatureError) as e:
+            raise ValueError(f"field 'public_key': {e}") from e
+        if keyid != pub.keyid:
+            raise ValueError(f"field 'keyid': {keyid} does not match the public key's {pub.keyid}")
+        return pub
+
+    @classmethod
     def from_b64(cls, text: str) -> PublicKey:
         """Parse standard padded base64 strictly (no stray characters, canonical padding)."""
         return cls(b64decode_strict(text))
@@ -198,13 +212,9 @@ class PublicKeyInfo:
                 f"{source}: field 'algorithm': {data['algorithm']!r} is not supported; expected ed25519"
             )
         try:
-            pub = PublicKey(b64decode_strict(data["public_key"]))
-        except (ValueError, SignatureError) as e:
-            raise KeyError_(f"{source}: field 'public_key': {e}") from e
-        if data["keyid"] != pub.keyid:
-            raise KeyError_(
-                f"{source}: field 'keyid': {data['keyid']} does not match the public key's {pub.keyid}"
-            )
+            pub = PublicKey.from_record(data["public_key"], data["keyid"])
+        except ValueError as e:
+            raise KeyError_(f"{source}: {e}") from e
         try:
             return cls(name=data["name"], role=data["role"], public_key=pub)
         except KeyError_ as e:

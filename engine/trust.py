@@ -45,7 +45,7 @@ from engine.errors import (
     TrustFileError,
     UnknownKeyError,
 )
-from engine.signing import ROLES, PublicKey, PublicKeyInfo, b64decode_strict, check_key_name
+from engine.signing import ROLES, PublicKey, PublicKeyInfo, check_key_name
 
 __all__ = ["FORMAT_VERSION", "ROLES", "TRUST_FILE", "Revocation", "TrustEntry", "TrustStore"]
 
@@ -156,13 +156,9 @@ class TrustEntry:
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise TrustFileError(f"{where}: field 'roles': expected a list of strings")
         try:
-            public_key = PublicKey(b64decode_strict(data["public_key"]))
-        except (ValueError, SignatureError) as e:
-            raise TrustFileError(f"{where}: field 'public_key': {e}") from e
-        if data["keyid"] != public_key.keyid:
-            raise TrustFileError(
-                f"{where}: field 'keyid': {data['keyid']} does not match the public key's {public_key.keyid}"
-            )
+            public_key = PublicKey.from_record(data["public_key"], data["keyid"])
+        except ValueError as e:
+            raise TrustFileError(f"{where}: {e}") from e
         if ("revoked_at" in data) != ("revoked_reason" in data):
             raise TrustFileError(f"{where}: revoked_at and revoked_reason go together")
         times = {f: _parse_time(data[f], f"{where}: field '{f}'") for f in _OPTIONAL - {"revoked_reason"}

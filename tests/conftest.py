@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import nacl.signing
 import pytest
 
 from engine.cli import main
@@ -153,3 +154,15 @@ def diamond(ws: Workspace) -> Workspace:
     ws.write("in.txt", "input v1\n")
     ws.commit("diamond")
     return ws
+
+
+class SeedSigner:
+    """A NoteSigner over a raw Ed25519 seed (tests sign with PyNaCl directly)."""
+
+    def __init__(self, name: str, seed: bytes) -> None:
+        self.name = name
+        self._key = nacl.signing.SigningKey(seed)
+        self.public_key = bytes(self._key.verify_key)
+
+    def sign(self, msg: bytes) -> bytes:
+        return self._key.sign(msg).signature

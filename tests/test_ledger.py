@@ -18,8 +18,8 @@ import textwrap
 import time
 from pathlib import Path
 
-import nacl.signing
 import pytest
+from conftest import SeedSigner
 
 import engine.ledger as ledger_mod
 from engine import merkle
@@ -45,18 +45,6 @@ from engine.note import Checkpoint, Note, Verifier
 
 ORIGIN = "certus/ws-test"
 REPO = Path(__file__).resolve().parents[1]
-
-
-class SeedSigner:
-    """A NoteSigner over a raw Ed25519 seed (tests sign with PyNaCl directly)."""
-
-    def __init__(self, name: str, seed: bytes) -> None:
-        self.name = name
-        self._key = nacl.signing.SigningKey(seed)
-        self.public_key = bytes(self._key.verify_key)
-
-    def sign(self, msg: bytes) -> bytes:
-        return self._key.sign(msg).signature
 
 
 SIGNER = SeedSigner(ORIGIN, b"\x01" * 32)

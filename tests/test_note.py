@@ -11,8 +11,8 @@ import json
 import re
 from pathlib import Path
 
-import nacl.signing
 import pytest
+from conftest import SeedSigner
 
 from engine import merkle
 from engine.errors import LedgerError, SignatureError
@@ -29,18 +29,6 @@ from engine.note import (
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "signed_note.json").read_text())
 GO = VECTORS["go_note"]
 C2SP = VECTORS["c2sp_example"]
-
-
-class SeedSigner:
-    """A NoteSigner over a raw Ed25519 seed."""
-
-    def __init__(self, name: str, seed: bytes) -> None:
-        self.name = name
-        self._key = nacl.signing.SigningKey(seed)
-        self.public_key = bytes(self._key.verify_key)
-
-    def sign(self, msg: bytes) -> bytes:
-        return self._key.sign(msg).signature
 
 
 def go_signer(skey: str) -> SeedSigner:
