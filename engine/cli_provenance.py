@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from engine.errors import EngineError, KeyError_, LedgerError, VerificationError
+from engine.signing import ROLES
 
 __all__ = ["register"]
 
@@ -239,7 +240,7 @@ def register(sub: Any, add: Any) -> None:
     ks.required = True
     g = ks.add_parser("generate", help="create a key pair (private part encrypted with CERTUS_KEY_PASSPHRASE)")
     g.add_argument("--name", required=True)
-    g.add_argument("--role", required=True, choices=("data-steward", "trainer", "approver", "releaser", "ledger"))
+    g.add_argument("--role", required=True, choices=ROLES)
     g.add_argument("--dir", help="where to write NAME.key/NAME.pub (default: $CERTUS_HOME/keys)")
     g.add_argument("--unencrypted", action="store_true", help="store the private key unencrypted (CI keys only)")
     g.set_defaults(func=cmd_keys_generate)

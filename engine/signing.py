@@ -45,8 +45,8 @@ __all__ = [
 
 ED25519 = "ed25519"
 
-#: The roles a trusted key can hold (see :mod:`engine.trust`).
-ROLES: tuple[str, ...] = ("approver", "data-steward", "ledger", "releaser", "trainer")
+#: The roles a trusted key can hold (see :mod:`engine.trust` and the role matrix in README).
+ROLES: tuple[str, ...] = ("admin", "approver", "data-steward", "deployer", "ledger", "releaser", "trainer", "witness")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _PUB_FIELDS = frozenset({"algorithm", "keyid", "name", "public_key", "role"})
