@@ -93,7 +93,7 @@ def test_generated_keys_are_fresh() -> None:
     [
         ("../evil", "trainer", "key name '../evil' is invalid"),
         ("", "trainer", "key name '' is invalid"),
-        ("alice", "admin", "role 'admin' is unknown; expected one of approver, data-steward, ledger"),
+        ("alice", "root", "role 'root' is unknown; expected one of admin, approver, data-steward, deployer, ledger"),
     ],
     ids=["path", "empty", "role"],
 )
