@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -49,7 +50,9 @@ ROWS = [[i, 3000 + i, "adelie" if i % 2 else "gentoo"] for i in range(40)]
 
 @pytest.fixture
 def gov(ws, tmp_path, monkeypatch):
-    """A workspace with three people's keys, a schema, raw data (not in git) and a consuming pipeline."""
+    """A workspace with three people's keys, a schema, raw data (not in git) and a consuming pipeline.
+
+    The CI key also holds ``admin``: trust changes after the ledger exists are ledger records it signs."""
     home = tmp_path / "certus-home"
     monkeypatch.setenv("CERTUS_HOME", str(home))
     monkeypatch.setenv("CERTUS_KEY_PASSPHRASE", "correct horse")
@@ -63,7 +66,8 @@ def gov(ws, tmp_path, monkeypatch):
     keys = home / "keys"
     assert ws.certus("keys", "trust", str(keys / "steward.pub")) == 0
     assert ws.certus("keys", "trust", str(keys / "bob.pub")) == 0
-    assert ws.certus("keys", "trust", str(keys / "ci.pub"), "--role", "trainer", "--role", "ledger") == 0
+    assert ws.certus("keys", "trust", str(keys / "ci.pub"), "--role", "trainer", "--role", "ledger",
+                     "--role", "admin") == 0
     subprocess.run(["git", "init", "-q"], cwd=ws.root, check=True)
     ws.git("add", "conf", "pipelines", "step.py", ".gitignore", "trust.json")
     ws.git("commit", "-qm", "setup")
@@ -75,6 +79,20 @@ def add(ws, *extra: str, path="data/raw/p.csv", name="praw") -> int:
     return ws.certus("dataset", "add", path, "--name", name, "--source", "field survey 2026",
                      "--schema", "conf/schema/p.yaml", "--sensitivity", "internal", "--retention", "365d",
                      "--license", "CC0-1.0", "--init", *extra)
+
+
+def manifest_deps(ws, deps, name: str) -> list[dict]:
+    """The resolvedDependencies entries naming dataset ``name``'s signed manifest file.
+
+    Each names the manifest by its workspace path (no ``dataset:`` name, no URI) with the SHA-256
+    of the file's bytes, and says which dataset it is in its annotations."""
+    found = [d for d in deps if str((d.get("annotations") or {}).get("dataset", "")).startswith(f"{name}@")]
+    for d in found:
+        assert d["name"].startswith(f".certus/datasets/{name}/") and d["name"].endswith(".manifest.json"), d
+        assert d["digest"] == {"sha256": hashlib.sha256((ws.root / d["name"]).read_bytes()).hexdigest()}
+        assert d["mediaType"].startswith("application/vnd.dsse.envelope.v1+json")
+        assert "uri" not in d and not d["name"].startswith("dataset:")
+    return found
 
 
 def events(ws) -> list[str]:
@@ -102,7 +120,7 @@ def test_add_file_signs_manifest_and_tracks_with_dvc(gov, capsys):
     assert man["dvc"]["md5"] == hashlib.md5((gov.root / "data/raw/p.csv").read_bytes()).hexdigest()
     assert (man["rows"], man["columns"], man["sensitivity"], man["license"]) == (40, 3, "internal", "CC0-1.0")
     assert man["source"] == "field survey 2026" and man["retention"]["expires"] > "2026"
-    assert events(gov) == ["dataset.registered"]
+    assert events(gov) == ["trust.genesis", "dataset.registered"]  # the ledger's first entry pins trust.json
     capsys.readouterr()
     gov.certus("dataset", "list")
     assert "pending" in capsys.readouterr().out
@@ -144,6 +162,7 @@ def test_parquet_schema_checked(gov, capsys):
 
 def test_approval_by_another_key_and_self_approval_refused(gov, capsys):
     add(gov)
+    # the ledger exists now: the new role is a trust.changed record, signed by the admin key (ci)
     assert gov.certus("keys", "trust", str(gov.keys / "steward.pub"), "--role", "data-steward",
                       "--role", "approver") == 0
     capsys.readouterr()
@@ -153,7 +172,8 @@ def test_approval_by_another_key_and_self_approval_refused(gov, capsys):
     capsys.readouterr()
     gov.certus("dataset", "list")
     assert "approved" in capsys.readouterr().out
-    assert events(gov) == ["dataset.registered", "dataset.approved"]
+    assert events(gov) == ["trust.genesis", "dataset.registered", "trust.changed", "dataset.approved"]
+    assert gov.certus("verify") == 0
 
 
 def _refused(gov, capsys, needle: str) -> None:
@@ -211,11 +231,15 @@ def test_consumed_dataset_is_attested_and_lineage_reaches_raw(gov, capsys):
 
     stmt = json.loads(base64.b64decode(json.loads(stmt_env)["payload"]))
     deps = stmt["predicate"]["buildDefinition"]["resolvedDependencies"]
-    assert any(d["name"].startswith("dataset:praw@") for d in deps)
+    [praw] = manifest_deps(gov, deps, "praw")
+    assert praw["annotations"]["dataId"] == "sha256:" + hashlib.sha256((gov.root / "data/raw/p.csv").read_bytes()
+                                                                      ).hexdigest()
     assert any(d["name"] == "data/raw/p.csv" for d in deps)  # the bytes too
     train = json.loads(base64.b64decode(json.loads(prov.read_attestations(run["run_id"])["train"])["payload"]))
     train_deps = train["predicate"]["buildDefinition"]["resolvedDependencies"]
-    assert any(d["name"].startswith("dataset:pcur@") for d in train_deps)  # a derived dataset, by manifest
+    [pcur] = manifest_deps(gov, train_deps, "pcur")  # a derived dataset, by manifest
+    assert pcur["annotations"]["dataId"] == "sha256:" + hashlib.sha256((gov.root / "data/cur.csv").read_bytes()
+                                                                      ).hexdigest()
     capsys.readouterr()
     assert gov.certus("lineage", "model.txt") == 0
     text = capsys.readouterr().out

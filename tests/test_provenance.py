@@ -31,6 +31,7 @@ STATEMENT = "https://in-toto.io/Statement/v1"
 SLSA = "https://slsa.dev/provenance/v1"
 INTOTO = "application/vnd.in-toto+json"
 RUN = "application/vnd.certus.run+json"
+TRUST = "application/vnd.certus.trust+json"
 
 
 # -- independent readers --------------------------------------------------------------------------
@@ -139,15 +140,18 @@ def test_two_signed_runs_verify_and_show_in_log_and_show(signed: Any, capsys: py
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] is True and report["failures"] == []
     checked = report["checked"]
-    assert (checked["records"], checked["ledger entries"], checked["run chain links"]) == (2, 2, 2)
+    # the ledger starts with the trust genesis record, then the two run records
+    assert (checked["records"], checked["ledger entries"], checked["run chain links"]) == (3, 3, 2)
     assert checked["attestations"] == 5 + 2
     assert checked["attestation merkle roots"] == 2
 
     assert signed.certus("log", "--json") == 0
     rows = json.loads(capsys.readouterr().out)
+    genesis, rows = rows[0], rows[1:]
+    assert (genesis["index"], genesis["kind"], genesis["subject"]) == (0, "trust.genesis", "trust.json")
     assert [(r["index"], r["kind"], r["status"], r["overrides"], r["commit"]) for r in rows] == [
-        (0, "run", "succeeded", [], head),
-        (1, "run", "succeeded", ["b.y=2"], head),
+        (1, "run", "succeeded", [], head),
+        (2, "run", "succeeded", ["b.y=2"], head),
     ]
     assert rows[0]["stages"] == {"ran": 5}
     assert rows[1]["stages"] == {"ran": 2, "skipped": 3}
@@ -183,8 +187,8 @@ def test_attestations_name_outputs_deps_params_run_and_log(signed: Any) -> None:
         outs = sorted(lock[stage]["outs"])
         assert stmt["subject"] == [{"name": p, "digest": {"sha256": file_sha256(root / p)}} for p in outs]
         build = stmt["predicate"]["buildDefinition"]
-        assert build["resolvedDependencies"] == [
-            {"name": d, "uri": f"file:{d}", "digest": {"sha256": file_sha256(root / d)}}
+        assert build["resolvedDependencies"] == [  # workspace paths are names only (no file: URI)
+            {"name": d, "digest": {"sha256": file_sha256(root / d)}}
             for d in sorted(lock[stage]["deps"])
         ]
         ext = build["externalParameters"]
@@ -249,10 +253,11 @@ def test_envelopes_verify_with_securesystemslib(signed: Any) -> None:
     key = SSlibKey(pub["keyid"], "ed25519", "ed25519", {"public": raw.hex()})
     envelopes = [line for r in run_records(signed.root) for line in bundle(signed.root, r["run_id"]).values()]
     envelopes += ledger_entries(signed.root)
-    assert len(envelopes) == 5 + 2 + 2
+    assert len(envelopes) == 5 + 2 + 3  # the ledger: the trust genesis and two run records
+    assert json.loads(envelopes[-3])["payloadType"] == TRUST
     for line in envelopes:
         env = SslibEnvelope.from_dict(json.loads(line))
-        assert env.payload_type in (INTOTO, RUN)
+        assert env.payload_type in (INTOTO, RUN, TRUST)
         assert list(env.verify(keys=[key], threshold=1)) == [pub["keyid"]]
     # and securesystemslib rejects what the engine would reject: a changed payloadType or payload
     for change in ({"payloadType": "application/json"}, {"payload": base64.b64encode(b"{}").decode()}):
@@ -264,9 +269,19 @@ def test_envelopes_verify_with_securesystemslib(signed: Any) -> None:
 def test_run_record_merkle_root_and_previous_hash(signed: Any) -> None:
     root = signed.root
     entries = ledger_entries(root)
+    genesis = payload(entries[0])
+    assert json.loads(entries[0])["payloadType"] == TRUST
+    assert (genesis["_type"], genesis["kind"], genesis["subject"]) == (
+        "https://certus.dev/TrustRecord/v1", "trust.genesis", "trust.json")
+    # the genesis pins the committed trust file, and commits to it by the SHA-256 of its canonical JSON
+    trust = json.loads((root / "trust.json").read_text())
+    assert genesis["details"]["trust"] == trust
+    assert genesis["details"]["trust_sha256"] == sha256(
+        json.dumps(trust, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
+    entries = entries[1:]
     records = [payload(e) for e in entries]
     assert [r["_type"] for r in records] == ["https://certus.dev/RunRecord/v1"] * 2
-    previous = None
+    previous = None  # the chain links run records only: the first run's previous is not the genesis
     for entry, rec in zip(entries, records):
         lines = bundle(root, rec["run_id"])
         ordered = [lines[s] for s in sorted(lines)]  # documented leaf order: stage name
@@ -286,6 +301,7 @@ def test_checkpoint_is_a_c2sp_signed_note(signed: Any) -> None:
     pub = base64.b64decode(json.loads((certus_home() / "keys/alice.pub").read_text())["public_key"])
     entries = ledger_entries(signed.root)
     state = json.loads((ldir / "state.json").read_text())
+    origin = state["origin"]
 
     def check(note: str, size: int) -> None:
         body, _, sigs = note.partition("\n\n")
@@ -296,16 +312,17 @@ def test_checkpoint_is_a_c2sp_signed_note(signed: Any) -> None:
         assert base64.b64decode(root_b64) == mth(entries[:size])
         [line] = sigs.splitlines()
         dash, name, sig_b64 = line.split(" ")
-        assert (dash, name) == ("\u2014", "alice")
+        assert (dash, name) == ("\u2014", origin)  # C2SP tlog-checkpoint: the key name is the log's origin
         raw = base64.b64decode(sig_b64, validate=True)
         assert len(raw) == 4 + 64
-        assert raw[:4] == hashlib.sha256(b"alice\n\x01" + pub).digest()[:4]
+        assert raw[:4] == hashlib.sha256(origin.encode() + b"\n\x01" + pub).digest()[:4]
         nacl.signing.VerifyKey(pub).verify(body.encode(), raw[4:])  # raises if it does not verify
 
     check((ldir / "checkpoint").read_text(encoding="utf-8"), len(entries))
     history = [json.loads(line)["note"] for line in (ldir / "checkpoints.jsonl").read_bytes().splitlines()]
+    # the first append writes the trust genesis and the first run record under one checkpoint
     assert len(history) == 2
-    for size, note in enumerate(history, 1):
+    for size, note in zip((2, 3), history):
         check(note, size)
     assert history[-1] == (ldir / "checkpoint").read_text(encoding="utf-8")
 
