@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import subprocess
 import sys
@@ -34,6 +35,9 @@ from engine.statement import PAYLOAD_TYPE, rfc3339, stage_statement  # noqa: E40
 from engine.trust import TrustStore  # noqa: E402
 from engine.workspace import Workspace  # noqa: E402
 
+# the spec the synthetic verify runs name, so verify re-derives their commands from it
+SPEC = "stages:\n  train:\n    cmd: python train.py\n    params: [C]\n"
+
 
 def setup(tmp: str) -> tuple[Workspace, Provenance]:
     os.environ["CERTUS_HOME"] = os.path.join(tmp, "home")
@@ -44,11 +48,11 @@ def setup(tmp: str) -> tuple[Workspace, Provenance]:
     root = os.path.join(tmp, "ws")
     os.makedirs(os.path.join(root, "pipelines"))
     with open(os.path.join(root, "pipelines", "p.yaml"), "w") as f:
-        f.write("stages:\n  s: {cmd: x}\n")
+        f.write(SPEC)
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     ws = Workspace(root)
     prov = Provenance(ws)
-    store = TrustStore().add_key(key.info, roles=["trainer", "ledger"])
+    store = TrustStore().add_key(key.info, roles=["trainer", "ledger", "admin"])
     prov.save_trust(store)
     return ws, prov
 
@@ -103,14 +107,17 @@ def bench_verify(runs: int, batch_size: int = 1, keep: str | None = None) -> Non
         origin = "certus.dev/ledger/bench"
         os.makedirs(os.path.dirname(prov.attestation_path("x")), exist_ok=True)
         ledger = Ledger.open(os.path.join(ws.root, ".certus", "ledger"), origin=origin)
+        prov.append_records([])  # entry 0: the trust genesis every ledger starts with
+        ledger = Ledger.open(os.path.join(ws.root, ".certus", "ledger"), origin=origin)
+        spec_sha = hashlib.sha256(SPEC.encode()).hexdigest()
+        t_start = time.time()
         previous = None
         t0 = time.perf_counter()
         batch: list[bytes] = []
-        import hashlib
 
         for r in range(runs):
             run_id = f"run{r:06d}"
-            stmt = stage_statement(stage="train", cmd="python train.py", params={"C": 1}, pipeline="p.yaml",
+            stmt = stage_statement(stage="train", cmd="python train.py", params={"C": 1}, pipeline="pipelines/p.yaml",
                                    overrides=[], outs={"model.pkl": {"digest": "sha256:" + f"{r:064x}"}},
                                    deps={"train.py": "sha256:" + "11" * 32}, key="sha256:" + "22" * 32,
                                    engine_version="certus", python="3", platform="linux", env={},
@@ -118,8 +125,9 @@ def bench_verify(runs: int, batch_size: int = 1, keep: str | None = None) -> Non
             env = sign_envelope(PAYLOAD_TYPE, canonical_bytes(stmt), [key]).to_json_bytes()
             with open(prov.attestation_path(run_id), "wb") as f:
                 f.write(env + b"\n")
-            rec = RunRecord(run_id=run_id, started=rfc3339(0), finished=rfc3339(0), status="succeeded",
-                            git={}, config={}, overrides=[], pipeline="p.yaml", spec_sha256="0" * 64,
+            rec = RunRecord(run_id=run_id, started=rfc3339(t_start), finished=rfc3339(t_start), status="succeeded",
+                            git={}, config={"C": 1}, overrides=[], pipeline="pipelines/p.yaml",
+                            spec_sha256=spec_sha,
                             lock_sha256=None,
                             stages={"train": {"state": "ran", "key": "k",
                                               "outs": {"model.pkl": "sha256:" + f"{r:064x}"},
@@ -131,10 +139,10 @@ def bench_verify(runs: int, batch_size: int = 1, keep: str | None = None) -> Non
             previous = hashlib.sha256(data).hexdigest()
             batch.append(data)
             if len(batch) >= batch_size:
-                ledger.append_many(batch, NoteSignerAdapter(prov.signer("ledger")))
+                ledger.append_many(batch, NoteSignerAdapter(prov.signer("ledger"), name=origin))
                 batch = []
         if batch:
-            ledger.append_many(batch, NoteSignerAdapter(prov.signer("ledger")))
+            ledger.append_many(batch, NoteSignerAdapter(prov.signer("ledger"), name=origin))
         build = time.perf_counter() - t0
         print(f"built a ledger of {runs} signed run records + attestations ({runs // batch_size} signed "
               f"checkpoints) in {build:.1f} s")

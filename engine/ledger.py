@@ -363,6 +363,7 @@ class Ledger:
         self._checkpoint_text: str | None = None
         self._torn: tuple[TornTail, ...] = ()
         self._damage: list[str] = []
+        self._checkpoint_unreadable = False
 
     # -- opening ---------------------------------------------------------------------------------
 
@@ -408,7 +409,9 @@ class Ledger:
                 self._checkpoint_text = raw.decode("utf-8")
                 self._checkpoint = _parse_checkpoint(self._checkpoint_text)
             except (UnicodeDecodeError, SignatureError, LedgerError) as e:
-                damage.append(f"{cp_path}: unreadable ({e})")
+                damage.append(f"{cp_path}: unreadable ({e}): the file is damaged, not a torn tail; "
+                              f"'certus ledger repair' restores it from the last line of {CHECKPOINTS}")
+                self._checkpoint_unreadable = True
                 return
             if self._checkpoint.origin != self.origin:
                 damage.append(f"{cp_path}: origin '{self._checkpoint.origin}', expected '{self.origin}'")
@@ -614,9 +617,11 @@ class Ledger:
         Explicit, never automatic. Refuses when the ledger is damaged in a way a crash cannot
         explain (restore it from git instead). Returns what it did, one line per action.
         """
+        done = []
+        if self._checkpoint_unreadable and len(self._damage) == 1:
+            done.append(self._restore_checkpoint())
         if self._damage:
             raise LedgerError(f"{self.path}: cannot repair damage: {'; '.join(self._damage)}")
-        done = []
         for tail in self._torn:
             with open(tail.file, "r+b") as f:
                 f.truncate(tail.committed_bytes)
@@ -633,6 +638,33 @@ class Ledger:
                 tmp.unlink()
                 done.append(f"{tmp}: removed (left by a crashed append)")
         return done
+
+    def _restore_checkpoint(self) -> str:
+        """Rewrite a garbled ``checkpoint`` from its copy, the last line of ``checkpoints.jsonl``.
+
+        Only when that line parses and its root is the root of the entries it counts; its
+        signature is for ``verify`` to judge, as for any checkpoint.
+        """
+        cps = self._file(CHECKPOINTS)
+        lines = [ln for _, ln in _lines(_read(cps) or b"") if ln.endswith(b"\n")]
+        try:
+            if not lines:
+                raise LedgerError(f"{cps} is empty")
+            text = _decode_note_line(lines[-1])
+            cp = _parse_checkpoint(text)
+            leaves = [leaf for _, leaf in self._frames(cp.size)]
+        except (LedgerError, SignatureError) as e:
+            raise LedgerError(f"{self.path}: cannot restore {CHECKPOINT} from {CHECKPOINTS} ({e}); restore the "
+                              "ledger directory from git") from e
+        if merkle.root(leaves) != cp.root_hash:
+            raise LedgerError(f"{self.path}: the last checkpoint in {CHECKPOINTS} does not match the entries; "
+                              "restore the ledger directory from git")
+        _replace_durably(self._file(CHECKPOINT), text.encode("utf-8"), _no_hook)
+        self._damage, self._checkpoint_unreadable = [], False
+        self._checkpoint, self._checkpoint_text = None, None
+        self._state_on_disk = None
+        self._load()
+        return f"{self._file(CHECKPOINT)}: restored from the last line of {CHECKPOINTS} (size {cp.size})"
 
     # -- verifying ---------------------------------------------------------------------------------
 

@@ -137,6 +137,7 @@ class Audit:
         if raw is None:
             state_out.append(f"{self.state}: missing")
 
+        garbled = current_text is not None and current is None  # damage, not a crash: say so once
         committed = current.size if current else 0
         wanted = {cp.size for _, _, cp in history} | {committed}
         if state is not None:
@@ -170,7 +171,10 @@ class Audit:
                     f"{self.cp}: root {current.root_hash.hex()} is not the root of entries "
                     f"0..{committed - 1} ({roots[committed].hex()})"
                 )
-        if count > committed:
+        if garbled:
+            cp_out.append(f"{self.cp}: unreadable, so nothing past it can be judged a torn tail; "
+                          f"'certus ledger repair' restores it from the last line of {self.cps}")
+        elif count > committed:
             ent_out.append(
                 f"{self.entries}: entries {committed}..{count - 1} are past the checkpoint "
                 f"(size {committed}): torn tail; run repair"
@@ -182,7 +186,7 @@ class Audit:
                 hist_out.append(f"{where}: size {cp.size}, but {self.entries} holds {count} entries")
             elif roots[cp.size] != cp.root_hash:
                 hist_out.append(f"{where}: root of size {cp.size} does not match entries 0..{cp.size - 1}")
-        if current_text is not None:
+        if current_text is not None and not garbled:
             mine = [n for n, text, _ in history if text == current_text]
             if not mine:
                 hist_out.append(f"{self.cps}: no line holds the current checkpoint (size {committed})")
@@ -190,7 +194,7 @@ class Audit:
                 hist_out.append(
                     f"{self.cps}: lines {mine[-1] + 1}..{last} are past the checkpoint: torn tail; run repair"
                 )
-        elif history:
+        elif history and not garbled:
             hist_out.append(f"{self.cps}: {len(history)} checkpoints, but {self.cp} is missing")
 
         if state is not None:
@@ -198,7 +202,8 @@ class Audit:
             if state.origin != self.ledger.origin:
                 state_out.append(f"{self.state}: origin '{state.origin}', expected '{self.ledger.origin}'")
             if size > committed:
-                state_out.append(f"{self.state}: size {size} is past the checkpoint (size {committed})")
+                if not garbled:
+                    state_out.append(f"{self.state}: size {size} is past the checkpoint (size {committed})")
             elif size <= count:
                 if state.frontier.root() != roots[size]:
                     state_out.append(f"{self.state}: frontier does not match entries 0..{size - 1}")

@@ -198,16 +198,21 @@ class Provenance:
     # -- ledger ----------------------------------------------------------------------------------
 
     def _origin(self) -> str:
+        """The ledger's origin: from state.json, else the checkpoint's first line (either may be damaged)."""
         d = ledger_dir(self.ws)
         try:
-            with open(os.path.join(d, "checkpoint"), encoding="utf-8") as f:
-                return f.readline().rstrip("\n")
-        except OSError:
+            with open(os.path.join(d, "state.json"), "rb") as f:
+                origin = json.loads(f.read())["origin"]
+            if isinstance(origin, str) and origin:
+                return origin
+        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
             pass
         try:
-            with open(os.path.join(d, "state.json"), "rb") as f:
-                return str(json.loads(f.read())["origin"])
-        except (OSError, ValueError, KeyError):
+            with open(os.path.join(d, "checkpoint"), encoding="utf-8") as f:
+                first = f.readline().rstrip("\n")
+            if first:
+                return first
+        except (OSError, UnicodeDecodeError):
             pass
         return f"certus.dev/ledger/{os.urandom(8).hex()}"
 

@@ -560,3 +560,39 @@ def test_canonical_frames_and_other_layouts_are_judged_alike() -> None:
         decode_frame(good, 4)  # a canonical frame in the wrong place is still named
     with pytest.raises(LedgerError, match="leaf hash mismatch"):
         decode_frame(good.replace(merkle.leaf_hash(b"entry bytes").hex().encode(), b"0" * 64), 3)
+
+
+# -- a garbled checkpoint is damage, not a torn tail (issue 9.7) --------------------------------------
+
+
+def test_garbage_checkpoint_is_named_and_repaired_from_its_history(tmp_path: Path) -> None:
+    d = tmp_path / "ledger"
+    make(d, 4)
+    good = (d / CHECKPOINT).read_bytes()
+    (d / CHECKPOINT).write_bytes(b"garbage\n")
+    led = Ledger.open(d, origin=ORIGIN, create=False)
+    [damage] = led.status().damage
+    assert "checkpoint: unreadable" in damage and "not a torn tail" in damage and "ledger repair" in damage
+    assert not led.status().torn_tails
+    problems = led.verify_structure(VERIFIER)
+    assert not any("torn tail; run repair" in p or "missing" in p for p in problems), problems
+    assert any("unreadable, so nothing past it can be judged a torn tail" in p for p in problems)
+    with pytest.raises(LedgerError, match="not appending to a damaged ledger"):
+        led.append(b"more", SIGNER)
+    [done] = led.repair()
+    assert "restored from the last line of checkpoints.jsonl (size 4)" in done
+    assert (d / CHECKPOINT).read_bytes() == good
+    again = Ledger.open(d, origin=ORIGIN, create=False)
+    assert again.status().ok and again.verify_structure(VERIFIER) == []
+    assert again.append(b"more", SIGNER)[0] == 4
+
+
+def test_garbled_history_too_is_refused_by_repair(tmp_path: Path) -> None:
+    d = tmp_path / "ledger"
+    make(d, 3)
+    (d / CHECKPOINT).write_bytes(b"garbage\n")
+    lines_ = lines(d, CHECKPOINTS)
+    write_lines(d, lines_[:-1] + [b'{"note":"also garbage"}\n'], CHECKPOINTS)
+    with pytest.raises(LedgerError, match="cannot restore checkpoint from checkpoints.jsonl"):
+        Ledger.open(d, origin=ORIGIN, create=False).repair()
+    assert (d / CHECKPOINT).read_bytes() == b"garbage\n"  # nothing changed
