@@ -274,6 +274,14 @@ class Provenance:
         trust = self.trust()
         seen = remembered_checkpoint(self.ws)
         cp = ledger.checkpoint()
+        note = ledger.checkpoint_note()
+        if note is not None:  # the tail this append extends must carry a trusted ledger signature
+            from engine.note import Checkpoint
+
+            try:
+                Checkpoint.from_note(note, self.ledger_verifiers(trust, ledger.origin))
+            except SignatureError as e:
+                raise LedgerError(f"{ledger_dir(self.ws)}/checkpoint: not appending: {e}; run 'certus verify'") from e
         if seen is not None and seen.origin == ledger.origin and (
                 cp is None or (seen.size, seen.root_hash) != (cp.size, cp.root_hash)):
             try:
