@@ -33,7 +33,7 @@ from engine.cli import main
 from engine.dsse import sign_envelope
 from engine.ledger import Ledger, encode_frame
 from engine.note import Note
-from engine.provenance import NoteSignerAdapter, Provenance
+from engine.provenance import NoteSignerAdapter, Provenance, witness_path
 from engine.records import RUN_TYPE, attestation_root
 from engine.workspace import Workspace as EngineWorkspace
 
@@ -67,7 +67,8 @@ def _certus(root: Path, *args: str) -> None:
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """base/ws: 3 signed runs; base/ledger2: its ledger after 2 runs; base/fork: a different 3rd run."""
+    """base/ws: 3 signed runs; base/ledger2 (+ lock2): its ledger (and certus.lock) after 2 runs; base/fork: a
+    different 3rd run. The ledger's entry 0 is the trust genesis, so run i is ledger entry i + 1."""
     base = tmp_path_factory.mktemp("signed3")
     with pytest.MonkeyPatch.context() as mp:
         _env(mp, base)
@@ -80,11 +81,14 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         w.write("in.txt", "input v1\n")
         subprocess.run(["git", "init", "-q"], cwd=w.root, check=True)
         _certus(w.root, "keys", "generate", "--name", "alice", "--role", "trainer")
-        _certus(w.root, "keys", "trust", str(base / "home/keys/alice.pub"), "--role", "trainer", "--role", "ledger")
+        # admin too: trusting more keys once the ledger exists is a trust.changed record an admin key signs
+        _certus(w.root, "keys", "trust", str(base / "home/keys/alice.pub"), "--role", "trainer", "--role", "ledger",
+                "--role", "admin")
         w.commit("diamond, trusting alice")
         _certus(w.root, "repro")
         _certus(w.root, "repro", "b.y=2")
         shutil.copytree(w.root / LEDGER, base / "ledger2")
+        shutil.copy(w.root / "certus.lock", base / "lock2")
         shutil.copytree(w.root, base / "fork", symlinks=True)
         _certus(w.root, "repro", "c.z=2")
         _certus(base / "fork", "repro", "c.z=3")
@@ -144,7 +148,8 @@ class Signed:
         return [base64.b64decode(json.loads(f)["entry"]) for f in self.frames()]
 
     def runs(self) -> list[str]:
-        return [payload(e)["run_id"] for e in self.entries()]
+        """Run ids of the run records, in ledger order (entry 0 is the trust genesis, not a run)."""
+        return [payload(e)["run_id"] for e in self.entries() if json.loads(e)["payloadType"] == RUN_TYPE]
 
     def bundle_path(self, run_id: str) -> Path:
         return self.root / PROV / f"{run_id}.dsse.jsonl"
@@ -174,7 +179,11 @@ def t(request: pytest.FixtureRequest, template: Path, tmp_path: Path, monkeypatc
     _env(monkeypatch, base)
     monkeypatch.chdir(base / "ws")
     s = Signed(base, capsys, monkeypatch)
-    assert not (s.home / "witness").exists()
+    # Every append advanced the witness of the workspace it was made in (the template's ws and fork);
+    # this copy lives at another path, so its verifier starts out remembering nothing.
+    seen = {json.loads(p.read_text())["workspace"] for p in (s.home / "witness").glob("*.json")}
+    assert seen == {os.path.realpath(template / "ws"), os.path.realpath(template / "fork")}
+    assert not witness_path(EngineWorkspace.discover(str(s.root))).exists()
     return s
 
 
@@ -196,7 +205,7 @@ def stage_of(line: bytes) -> str:
 
 def forged_record(t: Signed, signer: Any, run_id: str) -> bytes:
     """A run record that extends the chain correctly and claims no attestations, signed by ``signer``."""
-    last = t.entries()[-1]
+    last = [e for e in t.entries() if json.loads(e)["payloadType"] == RUN_TYPE][-1]  # the chain links run records
     rec = dict(payload(last), run_id=run_id, previous=sha256(last), attestations=[], stages={},
                merkle_root=attestation_root([]), failed=[])
     return sign_envelope(RUN_TYPE, cj(rec), [signer]).to_json_bytes()
@@ -204,7 +213,8 @@ def forged_record(t: Signed, signer: Any, run_id: str) -> bytes:
 
 def append_entry(t: Signed, entry: bytes) -> None:
     """Append through the engine's ledger, with a valid checkpoint signed by the ledger key."""
-    t.prov().open_ledger(create=False).append(entry, NoteSignerAdapter(t.signer("alice")))
+    led = t.prov().open_ledger(create=False)
+    led.append(entry, NoteSignerAdapter(t.signer("alice"), name=led.origin))
 
 
 def cache_object(t: Signed, digest: str) -> Path:
@@ -231,7 +241,7 @@ def test_workspace_output_byte_changed(t: Signed) -> None:
 
 def test_cache_object_byte_changed(t: Signed) -> None:
     runs = t.runs()
-    digest = payload(t.entries()[2])["stages"]["d"]["outs"]["out/d.txt"]
+    digest = payload(t.entries()[3])["stages"]["d"]["outs"]["out/d.txt"]
     obj = cache_object(t, digest)
     flip_first_byte(obj)
     text = t.verify_fails("--artifacts")
@@ -244,8 +254,8 @@ def test_cache_object_of_an_older_attested_output_changed(t: Signed) -> None:
     # run cache still serves it (`certus repro b.y=2` restores it), and verify's docstring promises
     # "every attested cache object re-hashed" with --artifacts.
     runs = t.runs()
-    digest = payload(t.entries()[1])["stages"]["b"]["outs"]["out/b.txt"]
-    assert digest != payload(t.entries()[2])["stages"]["b"]["outs"]["out/b.txt"]
+    digest = payload(t.entries()[2])["stages"]["b"]["outs"]["out/b.txt"]
+    assert digest != payload(t.entries()[3])["stages"]["b"]["outs"]["out/b.txt"]
     obj = cache_object(t, digest)
     flip_first_byte(obj)
     text = t.verify_fails("--artifacts")
@@ -261,7 +271,7 @@ def test_run_record_param_changed(t: Signed, leaf: str) -> None:
     t.verify_ok()
     runs = t.runs()
     frames = t.frames()
-    frame = json.loads(frames[1])
+    frame = json.loads(frames[2])  # run 1 (entry 0 is the trust genesis)
     env = json.loads(base64.b64decode(frame["entry"]))
     rec = json.loads(base64.b64decode(env["payload"]))
     assert rec["config"]["b"] == {"y": 2} and rec["overrides"] == ["b.y=2"]
@@ -270,20 +280,20 @@ def test_run_record_param_changed(t: Signed, leaf: str) -> None:
     env["payload"] = base64.b64encode(cj(rec)).decode()
     entry = cj(env)
     if leaf == "leaf recomputed":
-        frames[1] = encode_frame(1, entry)
+        frames[2] = encode_frame(2, entry)
     else:
-        frames[1] = cj({**frame, "entry": base64.b64encode(entry).decode()}) + b"\n"
+        frames[2] = cj({**frame, "entry": base64.b64encode(entry).decode()}) + b"\n"
     t.write_frames(frames)
     text = t.verify_fails()
     if leaf == "leaf recomputed":
-        assert f"ledger entry 1 (run {runs[1]}): signature keyid " in text
+        assert f"ledger entry 2 (run {runs[1]}): signature keyid " in text
         assert "signature does not verify" in text
-        assert "checkpoint: root " in text and "is not the root of entries 0..2" in text
-        assert "checkpoints.jsonl: line 2: root of size 2 does not match entries 0..1" in text
+        assert "checkpoint: root " in text and "is not the root of entries 0..3" in text
+        assert "checkpoints.jsonl: line 2: root of size 3 does not match entries 0..2" in text
         assert "line 1: root" not in text
-        assert f"ledger entry 2 (run {runs[2]}): previous-record hash" in text
+        assert f"ledger entry 3 (run {runs[2]}): previous-record hash" in text
     else:
-        assert "entries.jsonl: entry 1: leaf hash mismatch" in text
+        assert "entries.jsonl: entry 2: leaf hash mismatch" in text
 
 
 def test_verify_json_reports_a_corrupt_frame_instead_of_aborting(t: Signed) -> None:
@@ -315,7 +325,7 @@ def test_attestation_signature_byte_changed(t: Signed) -> None:
     lines[1] = cj(env) + b"\n"
     t.bundle_path(run0).write_bytes(b"".join(lines))
     text = t.verify_fails()
-    where = f"ledger entry 0 (run {run0}): attestation for stage 'b'"
+    where = f"ledger entry 1 (run {run0}): attestation for stage 'b'"
     assert f"{where}: signature keyid " in text and "signature does not verify" in text
     assert f"{where}: envelope digest " in text
 
@@ -328,7 +338,7 @@ def test_attestation_payload_type_changed(t: Signed) -> None:
     lines[2] = cj(env) + b"\n"
     t.bundle_path(run0).write_bytes(b"".join(lines))
     text = t.verify_fails()
-    assert (f"ledger entry 0 (run {run0}): attestation for stage 'c': payloadType "
+    assert (f"ledger entry 1 (run {run0}): attestation for stage 'c': payloadType "
             "'application/vnd.certus.run+json', expected 'application/vnd.in-toto+json'") in text
 
 
@@ -339,7 +349,7 @@ def test_attestation_replayed_from_another_stage(t: Signed) -> None:
     lines[1] = lines[2]  # c's valid attestation where b's was
     t.bundle_path(run0).write_bytes(b"".join(lines))
     text = t.verify_fails()
-    assert f"ledger entry 0 (run {run0}): attestation for stage 'b': missing from" in text
+    assert f"ledger entry 1 (run {run0}): attestation for stage 'b': missing from" in text
 
 
 def test_attestation_replayed_from_another_run(t: Signed) -> None:
@@ -349,7 +359,7 @@ def test_attestation_replayed_from_another_run(t: Signed) -> None:
     lines[0] = t.bundle(run0)[1]  # run 0's valid attestation of stage b (same outputs path)
     t.bundle_path(run1).write_bytes(b"".join(lines))
     text = t.verify_fails()
-    where = f"ledger entry 1 (run {run1}): attestation for stage 'b'"
+    where = f"ledger entry 2 (run {run1}): attestation for stage 'b'"
     assert f"{where}: statement is for stage 'b' of run '{run0}'" in text
     assert "replayed" in text
     assert f"{where}: envelope digest " in text
@@ -361,37 +371,51 @@ def test_attestation_replayed_from_another_run(t: Signed) -> None:
 def test_entry_in_the_middle_replaced_by_a_validly_signed_one(t: Signed) -> None:
     runs = t.runs()
     entries = t.entries()
-    rec = payload(entries[1])
+    rec = payload(entries[2])  # run 1
     rec["config"]["b"]["y"] = 3
     rec["overrides"] = ["b.y=3"]
     forged = sign_envelope(RUN_TYPE, cj(rec), [t.signer("alice")]).to_json_bytes()  # the trainer key itself
     frames = t.frames()
-    frames[1] = encode_frame(1, forged)
+    frames[2] = encode_frame(2, forged)
     t.write_frames(frames)
     text = t.verify_fails()
-    assert "checkpoints.jsonl: line 2: root of size 2 does not match entries 0..1" in text
+    assert "checkpoints.jsonl: line 2: root of size 3 does not match entries 0..2" in text
     assert "line 1: root" not in text
-    assert f"ledger entry 2 (run {runs[2]}): previous-record hash" in text
+    assert f"ledger entry 3 (run {runs[2]}): previous-record hash" in text
     assert "the chain of runs is broken" in text
 
 
 def test_history_rewritten_from_the_middle_and_resigned(t: Signed) -> None:
-    # An attacker holding every key rewrites entry 1, re-links entry 2 and re-signs every
-    # checkpoint: a self-consistent ledger. Only the verifier's memory of what it saw catches it.
+    # An attacker holding every key rewrites run 1 (entry 2) to claim b.y=3, re-signs its attestation
+    # of stage b to match (so the params verify re-derives from the record's config agree), re-links
+    # run 2 (entry 3) and re-signs every checkpoint: a self-consistent ledger. Only the verifier's
+    # memory of what it saw catches it.
     t.verify_ok()
     runs = t.runs()
     old = t.entries()
     alice = t.signer("alice")
-    rec1 = payload(old[1])
+    lines = [line.rstrip(b"\n") for line in t.bundle(runs[1])]
+    assert [stage_of(line) for line in lines] == ["b", "d"]
+    stmts = [payload(line) for line in lines]
+    for stmt in stmts:
+        stmt["predicate"]["buildDefinition"]["externalParameters"]["overrides"] = ["b.y=3"]
+    stmts[0]["predicate"]["buildDefinition"]["externalParameters"]["params"] = {"b.y": 3}
+    lines = [sign_envelope("application/vnd.in-toto+json", cj(stmt), [alice]).to_json_bytes() for stmt in stmts]
+    t.bundle_path(runs[1]).write_bytes(b"".join(line + b"\n" for line in lines))
+    rec1 = payload(old[2])
     rec1["config"]["b"]["y"] = 3
+    rec1["overrides"] = ["b.y=3"]
+    for a, line in zip(rec1["attestations"], lines):
+        a["sha256"] = rec1["stages"][a["stage"]]["attestation"] = sha256(line)
+    rec1["merkle_root"] = attestation_root(lines)
     new1 = sign_envelope(RUN_TYPE, cj(rec1), [alice]).to_json_bytes()
-    rec2 = dict(payload(old[2]), previous=sha256(new1))
+    rec2 = dict(payload(old[3]), previous=sha256(new1))
     new2 = sign_envelope(RUN_TYPE, cj(rec2), [alice]).to_json_bytes()
     origin = (t.ledger / "checkpoint").read_text().splitlines()[0]
     shutil.rmtree(t.ledger)
     led = Ledger.open(t.ledger, origin=origin)
-    for entry in (old[0], new1, new2):
-        led.append(entry, NoteSignerAdapter(alice))
+    for entry in (old[0], old[1], new1, new2):
+        led.append(entry, NoteSignerAdapter(alice, name=origin))
     rep = t.report()
     assert not rep["ok"]
     assert len(rep["failures"]) == 1, rep["failures"]
@@ -411,29 +435,32 @@ def test_entries_reordered(t: Signed) -> None:
 def test_entries_reordered_and_renumbered(t: Signed) -> None:
     runs = t.runs()
     entries = t.entries()
-    entries[1], entries[2] = entries[2], entries[1]
+    entries[2], entries[3] = entries[3], entries[2]  # runs 1 and 2
     t.write_frames([encode_frame(i, e) for i, e in enumerate(entries)])
     text = t.verify_fails()
-    assert "checkpoints.jsonl: line 2: root of size 2 does not match entries 0..1" in text
-    assert f"ledger entry 1 (run {runs[2]}): previous-record hash" in text
-    assert f"ledger entry 2 (run {runs[1]}): previous-record hash" in text
+    assert "checkpoints.jsonl: line 2: root of size 3 does not match entries 0..2" in text
+    assert f"ledger entry 2 (run {runs[2]}): previous-record hash" in text
+    assert f"ledger entry 3 (run {runs[1]}): previous-record hash" in text
 
 
 # -- 7, 8. truncation and forks, caught by the witness --------------------------------------------
 
 
 def test_ledger_truncated_consistently_is_caught_by_the_witness(t: Signed) -> None:
-    t.verify_ok()  # the witness remembers size 3
+    t.verify_ok()  # the witness remembers size 4 (the genesis and 3 runs)
     shutil.rmtree(t.ledger)
-    shutil.copytree(t.base / "ledger2", t.ledger)  # entries, checkpoints, checkpoint and state of size 2
+    shutil.copytree(t.base / "ledger2", t.ledger)  # entries, checkpoints, checkpoint and state of size 3
+    shutil.copy(t.base / "lock2", t.root / "certus.lock")  # and the lock of that time: a consistent rollback
     rep = t.report()
     assert len(rep["failures"]) == 1, rep["failures"]  # self-consistent: only the witness objects
     assert rep["failures"][0].startswith(".certus/ledger: not consistent with the checkpoint this verifier saw "
-                                         "before (size 3, root ")
-    assert "size 2 is smaller than the last seen size 3: entries were removed" in rep["failures"][0]
+                                         "before (size 4, root ")
+    assert "size 3 is smaller than the last seen size 4: entries were removed" in rep["failures"][0]
     assert "entries were removed" in t.verify_fails()
     shutil.rmtree(t.home / "witness")
-    t.verify_ok()  # a verifier that never saw size 3 cannot tell
+    rc, text = t.certus("verify")
+    assert rc == 0, text  # a verifier that never saw size 4 cannot tell
+    assert "a rollback or rewritten history could NOT be checked this time" in text  # and says so
 
 
 def test_tail_replaced_by_a_validly_signed_fork(t: Signed) -> None:
@@ -443,11 +470,12 @@ def test_tail_replaced_by_a_validly_signed_fork(t: Signed) -> None:
     shutil.copytree(t.base / "fork" / LEDGER, t.ledger)
     for p in (t.base / "fork" / PROV).glob("*.dsse.jsonl"):
         shutil.copy(p, t.root / PROV / p.name)
+    shutil.copy(t.base / "fork" / "certus.lock", t.root / "certus.lock")  # the fork's whole state
     fork = t.runs()
     assert fork[:2] == mine[:2] and fork[2] != mine[2]
     rep = t.report()
     assert len(rep["failures"]) == 1, rep["failures"]
-    assert "not consistent with the checkpoint this verifier saw before (size 3, root" in rep["failures"][0]
+    assert "not consistent with the checkpoint this verifier saw before (size 4, root" in rep["failures"][0]
     assert "is not an append-only extension" in rep["failures"][0]
     assert "forked" in t.verify_fails()
 
@@ -459,6 +487,7 @@ def test_key_without_the_trainer_role(t: Signed) -> None:
     rc, _ = t.certus("keys", "generate", "--name", "mallory", "--role", "data-steward", "--dir", str(t.home / "other"))
     assert rc == 0
     assert t.certus("keys", "trust", str(t.home / "other/mallory.pub"), "--role", "data-steward")[0] == 0
+    assert payload(t.entries()[-1])["kind"] == "trust.changed"  # entry 4, signed by alice (admin)
     before = t.entries()
     lock = (t.root / "certus.lock").read_bytes()
     t.mp.setenv("CERTUS_KEY", str(t.home / "other/mallory.key"))
@@ -472,7 +501,7 @@ def test_key_without_the_trainer_role(t: Signed) -> None:
 
     append_entry(t, forged_record(t, t.signer("mallory", "other"), "forged-by-mallory"))
     text = t.verify_fails()
-    assert "ledger entry 3 (run forged-by-mallory): signature keyid " in text
+    assert "ledger entry 5 (run forged-by-mallory): signature keyid " in text
     assert "key 'mallory'" in text and "lacks role 'trainer' (has data-steward)" in text
 
 
@@ -486,14 +515,16 @@ def test_key_not_in_the_trust_file(t: Signed) -> None:
 
     append_entry(t, forged_record(t, eve, "forged-by-eve"))
     text = t.verify_fails()
-    assert f"ledger entry 3 (run forged-by-eve): signature keyid {eve.keyid[:16]}…: unknown key {eve.keyid}" in text
+    assert f"ledger entry 4 (run forged-by-eve): signature keyid {eve.keyid[:16]}…: unknown key {eve.keyid}" in text
     assert "not in the trust file" in text
 
 
 def _run_signed_by_new_key(t: Signed, name: str, role: str, env: str) -> dict[str, Any]:
-    """Trust a new key ``name`` for ``role``, commit, and make run 3 (c.z=5) with it chosen by ``env``."""
+    """Trust a new key ``name`` for ``role`` (ledger entry 4, signed by alice as admin), commit, and make
+    run 3 (c.z=5, ledger entry 5) with it chosen by ``env``."""
     assert t.certus("keys", "generate", "--name", name, "--role", role)[0] == 0
-    assert t.certus("keys", "trust", str(t.home / f"keys/{name}.pub"), "--role", role)[0] == 0
+    rc, text = t.certus("keys", "trust", str(t.home / f"keys/{name}.pub"), "--role", role)
+    assert rc == 0 and "(signed ledger record 4)" in text, text
     subprocess.run(["git", "commit", "-qam", f"trust {name}"], cwd=t.root, check=True)
     t.mp.setenv(env, name)
     rc, text = t.certus("repro", "c.z=5")
@@ -514,13 +545,16 @@ def test_key_revoked_before_a_run_it_signed(t: Signed) -> None:
     t.verify_ok()
     started = datetime.fromisoformat(rec["started"].replace("Z", "+00:00"))
     at = (started - timedelta(seconds=1)).isoformat()
-    assert t.certus("keys", "revoke", "bob", "--reason", "laptop lost", "--at", at)[0] == 0
+    # a signed revocation (ledger entry 6) that says bob was compromised since before his run
+    rc, text = t.certus("keys", "revoke", "bob", "--reason", "laptop lost", "--at", at)
+    assert rc == 0 and "(signed ledger record 6)" in text, text
     text = t.verify_fails()
-    where = f"ledger entry 3 (run {rec['run_id']})"
+    where = f"ledger entry 5 (run {rec['run_id']})"
     assert f"{where}: signature keyid " in text
     assert "key 'bob'" in text and "revoked at " in text and "(laptop lost)" in text
     assert f"{where}: attestation for stage 'c': signature keyid " in text
-    assert "ledger entry 2" not in text  # revocation is not retroactive: alice's runs still verify
+    for i in range(5):  # revocation is not retroactive: alice's records (and runs) still verify
+        assert f"ledger entry {i} (" not in text
     rc, text = t.certus("repro", "c.z=6")  # and bob can no longer sign
     assert rc != 0 and "key 'bob'" in text and "revoked at" in text
 
@@ -533,32 +567,32 @@ def test_key_revoked_at_the_instant_of_its_signature(t: Signed) -> None:
     assert rec["finished"].endswith("Z") and "." in rec["finished"]
     assert t.certus("keys", "revoke", "bob", "--reason", "laptop lost", "--at", rec["finished"])[0] == 0
     text = t.verify_fails()
-    assert f"ledger entry 3 (run {rec['run_id']}): signature keyid " in text and "revoked at " in text
+    assert f"ledger entry 5 (run {rec['run_id']}): signature keyid " in text and "revoked at " in text
 
 
 # -- 11. the checkpoint ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size", [2, 4])
+@pytest.mark.parametrize("size", [3, 5])
 @pytest.mark.parametrize("resign", [False, True], ids=["unsigned-edit", "re-signed"])
 def test_checkpoint_with_a_wrong_size(t: Signed, size: int, resign: bool) -> None:
     path = t.ledger / "checkpoint"
     note = path.read_text(encoding="utf-8")
     origin, n, root = note.split("\n\n")[0].splitlines()
-    assert n == "3"
+    assert n == "4"
     if resign:
-        note = Note.sign(f"{origin}\n{size}\n{root}\n", NoteSignerAdapter(t.signer("alice"))).to_text()
+        note = Note.sign(f"{origin}\n{size}\n{root}\n", NoteSignerAdapter(t.signer("alice"), name=origin)).to_text()
     else:
         note = note.replace(f"\n{n}\n", f"\n{size}\n", 1)
     path.write_text(note, encoding="utf-8")
     text = t.verify_fails()
     assert ".certus/ledger/checkpoint" in text or ".certus/ledger/entries.jsonl" in text
-    if size == 2:
-        assert "checkpoint: root " in text and "is not the root of entries 0..1" in text
+    if size == 3:
+        assert "checkpoint: root " in text and "is not the root of entries 0..2" in text
         assert ("does not verify" in text) != resign
     else:  # more entries claimed than there are
-        assert "entry 3: missing (the checkpoint has 4)" in text or (
-            "checkpoint: size 4, but " in text and "entries.jsonl holds 3 entries" in text)
+        assert "entry 4: missing (the checkpoint has 5)" in text or (
+            "checkpoint: size 5, but " in text and "entries.jsonl holds 4 entries" in text)
 
 
 def test_checkpoint_signed_by_a_key_without_the_ledger_role(t: Signed) -> None:
@@ -571,25 +605,55 @@ def test_checkpoint_signed_by_a_key_without_the_ledger_role(t: Signed) -> None:
     assert ".certus/ledger/checkpoint: note: not signed by any trusted key (trusted: alice+" in text
 
 
-def test_ledger_key_revoked_before_a_checkpoint_it_signed(t: Signed) -> None:
+@pytest.mark.parametrize("since", ["after", "before"])
+def test_ledger_key_revoked_before_a_checkpoint_it_signed(t: Signed, since: str) -> None:
+    # notary: trusted for ledger by entry 4 (alice, admin); signs the checkpoint over run 3 (entry 5, size 6)
     rec = _run_signed_by_new_key(t, "notary", "ledger", "CERTUS_LEDGER_KEY")
-    assert "\u2014 notary " in (t.ledger / "checkpoint").read_text(encoding="utf-8")
+    note = (t.ledger / "checkpoint").read_text(encoding="utf-8")
+    origin = note.splitlines()[0]
+    [sig_line] = note.split("\n\n", 1)[1].splitlines()
+    dash, name, sig = sig_line.split(" ")
+    assert (dash, name) == ("\u2014", origin)  # C2SP: the key name is the log's origin
+    notary_pub = t.signer("notary").public_key.raw
+    assert base64.b64decode(sig)[:4] == hashlib.sha256(origin.encode() + b"\n\x01" + notary_pub).digest()[:4]
     t.verify_ok()
+    t.mp.delenv("CERTUS_LEDGER_KEY")  # alice signs the checkpoints from here on
     finished = datetime.fromisoformat(rec["finished"].replace("Z", "+00:00"))
-    later = (finished + timedelta(seconds=5)).isoformat()
-    assert t.certus("keys", "revoke", "notary", "--reason", "rotated", "--at", later)[0] == 0
-    t.verify_ok()  # revoked after it signed: its checkpoints stand
-    trust = json.loads((t.root / "trust.json").read_text())
-    for k in trust["keys"]:
-        if k["name"] == "notary":
-            k["revoked_at"] = (finished - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    (t.root / "trust.json").write_text(json.dumps(trust, indent=2) + "\n")
-    text = t.verify_fails()
-    assert ".certus/ledger/checkpoint: checkpoint of size 4 signed by 'notary': " in text and "revoked at" in text
-    assert ".certus/ledger/checkpoints.jsonl: line 4: checkpoint of size 4 signed by 'notary'" in text
-    assert "line 3: checkpoint" not in text  # alice's checkpoints are untouched
-    rc, text = t.certus("repro", "c.z=6")  # and the revoked key can no longer sign checkpoints
-    assert rc != 0 and "notary" in text and "revoked" in text
+    if since == "after":
+        later = (finished + timedelta(seconds=60)).isoformat()
+        rc, text = t.certus("keys", "revoke", "notary", "--reason", "rotated", "--at", later)
+        assert rc == 0 and "(signed ledger record 6)" in text, text
+        t.verify_ok()  # revoked after it signed: its checkpoints stand
+        # Backdating the revocation by editing trust.json is no revocation: verify names the file's
+        # difference from the trust state the ledger records, and still judges by the ledger's.
+        trust = json.loads((t.root / "trust.json").read_text())
+        for k in trust["keys"]:
+            if k["name"] == "notary":
+                k["revoked_at"] = (finished - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        (t.root / "trust.json").write_text(json.dumps(trust, indent=2) + "\n")
+        [failure] = t.report()["failures"]
+        assert failure.startswith("trust.json differs from the trust state the ledger records (ledger entry 6): "
+                                  "key 'notary': revocation changed; "), failure
+        assert "'certus keys sync' rewrites trust.json from the ledger" in failure
+        rc, text = t.certus("repro", "c.z=6")  # and no append builds on the edited file
+        assert rc != 0 and "trust.json: differs from the trust state the ledger records (ledger entry 6)" in text
+        rc, text = t.certus("keys", "sync")
+        assert rc == 0 and "trust.json: rewritten from ledger entry 6" in text, text
+        t.verify_ok()
+    else:
+        # compromised since before it signed: the honest way to say so is a signed revocation naming the time
+        earlier = (finished - timedelta(seconds=1)).isoformat()
+        rc, text = t.certus("keys", "revoke", "notary", "--reason", "compromised", "--at", earlier)
+        assert rc == 0 and "(signed ledger record 6)" in text, text
+        text = t.verify_fails()
+        assert ".certus/ledger/checkpoints.jsonl: line 5: checkpoint of size 6 signed by 'notary': " in text
+        assert "revoked at" in text and "(compromised)" in text
+        # alice's checkpoints (lines 1-4, and 6 and the current one, over the revocation) are untouched
+        assert "line 4: checkpoint" not in text and "line 6: checkpoint" not in text
+        assert ".certus/ledger/checkpoint: checkpoint" not in text
+        t.mp.setenv("CERTUS_LEDGER_KEY", "notary")
+        rc, text = t.certus("repro", "c.z=6")  # and the revoked key can no longer sign checkpoints
+        assert rc != 0 and "notary" in text and "revoked" in text
 
 
 # -- crash injection through `certus verify` and `certus ledger repair` ------------------------------
@@ -621,27 +685,43 @@ def crash_repro(t: Signed, step: str, *overrides: str) -> None:
     assert p.returncode == 97, p.stderr
 
 
+UNATTESTED = ("certus.lock: stage '{}': output out/{}.txt (sha256:{}…) is not attested by any run in the ledger; "
+              "run 'certus repro' to attest or re-run it")
+
+
 @pytest.mark.parametrize("step", BEFORE_COMMIT + AFTER_COMMIT)
 def test_crash_during_ledger_append(t: Signed, step: str) -> None:
-    t.verify_ok()  # the witness remembers size 3
+    t.verify_ok()  # the witness remembers size 4 (the genesis and 3 runs)
     runs = t.runs()
     crash_repro(t, step, "c.z=5")
     rc, text = t.certus("verify")
+    # before the commit point, certus.lock already holds c and d's c.z=5 outputs, which no record attests
+    lock = json.loads((t.root / "certus.lock").read_text())["stages"]
+    unattested = [UNATTESTED.format(s, s, lock[s]["outs"][f"out/{s}.txt"]["digest"][7:23]) for s in "cd"]
     if step in AFTER_COMMIT:  # committed: the crashed run's record is in and verifies
         assert rc == 0, text
         assert len(t.runs()) == 4 and t.runs()[:3] == runs
-    elif step == "begin":  # nothing written
-        assert rc == 0, text
+    elif step == "begin":  # nothing written to the ledger
+        assert rc != 0
         assert t.runs() == runs
+        assert t.report()["failures"] == unattested
     else:
         assert rc != 0
-        assert ".certus/ledger/entries.jsonl: entries 3..3 are past the checkpoint (size 3): torn tail" in text
+        assert ".certus/ledger/entries.jsonl: entries 4..4 are past the checkpoint (size 4): torn tail" in text
         if step != "entries":
             assert ".certus/ledger/checkpoints.jsonl: lines 4..4 are past the checkpoint: torn tail" in text
+        assert all(u in text for u in unattested)
     rc, text = t.certus("ledger", "repair")
     assert rc == 0, text
     if step in ("entries", "checkpoints", "checkpoint.tmp"):
         assert "entries.jsonl: cut " in text and "(torn tail)" in text
+    if step in BEFORE_COMMIT:  # the ledger is sound again; the outputs the crashed run left are not attested
+        assert t.report()["failures"] == unattested
+        (t.root / "runs.log").unlink(missing_ok=True)
+        rc, text = t.certus("repro", "c.z=5")  # runs them again (never calls them up to date) and attests them
+        assert rc == 0, text
+        assert sorted((t.root / "runs.log").read_text().split()) == ["c", "d"]
+        assert len(t.runs()) == 4
     t.verify_ok()
     assert t.runs()[:3] == runs
     assert not [p.name for p in t.ledger.iterdir() if p.name.endswith(".tmp")]
@@ -657,7 +737,7 @@ def test_run_after_a_crash_past_the_commit_point_keeps_the_chain(t: Signed, step
     rc, text = t.certus("repro", "c.z=6")
     assert rc == 0, text
     entries = t.entries()
-    assert payload(entries[4])["previous"] == sha256(entries[3])
+    assert payload(entries[5])["previous"] == sha256(entries[4])  # run 4 links to the crashed run 3
     t.verify_ok()
 
 
@@ -698,7 +778,7 @@ def test_forked_and_serial_verify_report_the_same(t: Signed) -> None:
     assert reports["serial"] == reports["forked"]
     failures = "\n".join(reports["serial"]["failures"])
     stage = stage_of(lines[0])
-    assert f"ledger entry 1 (run {runs[1]}): attestation for stage '{stage}': signature keyid" in failures, failures
+    assert f"ledger entry 2 (run {runs[1]}): attestation for stage '{stage}': signature keyid" in failures, failures
     assert "checkpoints.jsonl: line 2:" in failures
     assert "workspace file out/d.txt" in failures
 
@@ -709,5 +789,5 @@ def test_verify_says_what_it_checks_on_stderr_and_keeps_json_clean(t: Signed) ->
     t.mp.setattr(engine.verify, "PROGRESS_FROM", 1)
     rc, text = t.certus("verify", "--json", "--artifacts")
     assert rc == 0 and json.loads(t.stdout)["ok"] is True
-    assert "[certus] verify: checking 3 ledger entries" in text
+    assert "[certus] verify: checking 4 ledger entries" in text
     assert "[certus] verify: re-hashing workspace outputs" in text
