@@ -3,9 +3,11 @@
 1. export the raw data (scikit-learn's bundled wine data) to data/raw/wine.csv;
 2. create three demo keys in $CERTUS_HOME/keys (default ~/.certus/keys) if they are missing:
    a data steward, an approver (a different person) and a trainer that also signs ledger
-   checkpoints. They are UNENCRYPTED demo keys: real keys are generated with a passphrase
-   (certus keys generate without --unencrypted);
-3. trust them in trust.json;
+   checkpoints and is the workspace's admin (once the ledger exists, trusting or revoking a key
+   is a ledger record an admin key signs). They are UNENCRYPTED demo keys: real keys are
+   generated with a passphrase (certus keys generate without --unencrypted), and a real admin
+   key is kept apart from the one CI trains with;
+3. trust them in trust.json (before the first ledger append, which pins this trust state);
 4. track the raw data with DVC and register it (signed manifest, schema-checked);
 5. approve it with the approver's key.
 
@@ -21,6 +23,7 @@ from engine.provenance import keys_dir
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAW = "data/raw/wine.csv"
 KEYS = (("demo-steward", "data-steward"), ("demo-approver", "approver"), ("demo-trainer", "trainer"))
+EXTRA_ROLES = {"trainer": ("ledger", "admin")}
 
 
 def certus(*args: str) -> None:
@@ -42,7 +45,7 @@ def run() -> None:
         if not os.path.exists(os.path.join(keys_dir(), f"{name}.key")):
             certus("keys", "generate", "--name", name, "--role", role, "--unencrypted")
     for name, role in KEYS:
-        roles = ["--role", role] + (["--role", "ledger"] if role == "trainer" else [])
+        roles = [arg for r in (role, *EXTRA_ROLES.get(role, ())) for arg in ("--role", r)]
         certus("keys", "trust", os.path.join(keys_dir(), f"{name}.pub"), *roles)
     from engine.datasets import Registry
 

@@ -391,6 +391,17 @@ def test_reference_lifecycle_verifies_and_has_lineage(ws: Any, tmp_path: Path, m
         assert node["kind"] == "output" and node["run"] == run_id
         assert node["digest"] == rec["stages"][node["stage"]]["outs"][path]
 
+    # the demo trainer key is also the workspace's admin: trusting another key now that the ledger
+    # exists is a trust.changed record it signs, and the workspace still verifies
+    assert ws.certus("keys", "generate", "--name", "demo-deployer", "--role", "deployer", "--unencrypted") == 0
+    capsys.readouterr()
+    assert ws.certus("keys", "trust", str(tmp_path / "certus_home/keys/demo-deployer.pub")) == 0
+    assert "(signed ledger record " in capsys.readouterr().out
+    changed = payload(ledger_entries(ws.root)[-1])
+    assert (changed["kind"], changed["details"]["trust"]) == (
+        "trust.changed", json.loads((ws.root / "trust.json").read_text()))
+    assert ws.certus("verify") == 0, output(capsys)
+
 
 def test_verify_without_trust_file_or_ledger_is_one_clear_line(diamond: Any, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
