@@ -448,8 +448,13 @@ class RunSandbox:
                 granted.append(os.path.relpath(path, self.workspace))
             for raw in writable:
                 path = self._writable(raw)
-                if not os.path.lexists(path):
-                    os.makedirs(path, exist_ok=True)
+                if not os.path.lexists(path):  # Landlock needs an inode: create it, its kind guessed by name
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    if "." in os.path.basename(path).lstrip("."):
+                        with contextlib.suppress(FileExistsError):
+                            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o666))
+                    else:
+                        os.makedirs(path, exist_ok=True)
                 rs.allow(path, wr)
                 granted.append(path)
             for root in box.scans:
