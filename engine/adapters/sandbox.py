@@ -92,16 +92,19 @@ _libc: Any = None
 _abi: int | None = None
 
 
-def _sys(*args: Any) -> int:
+def _lib() -> Any:
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-    return int(_libc.syscall(*args))
+    return _libc
+
+
+def _sys(*args: Any) -> int:
+    return int(_lib().syscall(*args))
 
 
 def _prctl(option: int, arg: int) -> int:
-    _sys(ctypes.c_long(0))  # loads libc
-    return int(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0),
+    return int(_lib().prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0),
                            ctypes.c_ulong(0)))
 
 
@@ -206,8 +209,7 @@ def set_subreaper(on: bool) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     was = ctypes.c_int(0)
-    _sys(ctypes.c_long(0))
-    _libc.prctl(ctypes.c_int(_PR_GET_CHILD_SUBREAPER), ctypes.byref(was), ctypes.c_ulong(0), ctypes.c_ulong(0),
+    _lib().prctl(ctypes.c_int(_PR_GET_CHILD_SUBREAPER), ctypes.byref(was), ctypes.c_ulong(0), ctypes.c_ulong(0),
                 ctypes.c_ulong(0))
     _prctl(_PR_SET_CHILD_SUBREAPER, 1 if on else 0)
     return bool(was.value)
