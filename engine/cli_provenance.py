@@ -34,12 +34,12 @@ def _when(text: str | None) -> datetime | None:
 # -- keys ----------------------------------------------------------------------------------------
 
 def cmd_keys_generate(args: argparse.Namespace) -> int:
-    from engine.adapters.keys import generate_key, save_key
+    from engine.adapters.keys import generate_key, make_private_dir, save_key
     from engine.provenance import keys_dir
 
     key = generate_key(args.name, args.role)
     directory = args.dir or keys_dir()
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    make_private_dir(directory)
     priv, pub = save_key(key, directory, unencrypted=args.unencrypted)
     print(f"generated {args.role} key '{args.name}' (keyid {key.keyid})")
     print(f"  private: {priv}  ({'UNENCRYPTED' if args.unencrypted else 'encrypted, Argon2id + SecretBox'})")

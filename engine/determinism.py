@@ -21,16 +21,15 @@ def check_determinism(rep: Repro, target: str) -> dict[str, tuple[str, str | Non
     locked = rep.lock.get(name)
     if locked is None:
         raise StageFailedError(f"stage '{name}' has no lock entry to compare with; run 'certus repro {name}' first")
-    from engine.adapters.local import LocalExecutor
     from engine.workspace import WorkspaceLock
 
     wslock = WorkspaceLock(rep.ws)
     wslock.acquire(wait=rep.opts.wait, command="repro --check-determinism")
     try:
-        rep._prepare_outs(st)
-        ex = LocalExecutor(1, echo=rep.out, on_groups=wslock.record_running)
+        kinds = rep._prepare_outs(st)
+        ex = rep._make_executor(wslock.record_running)  # confined like any stage (certus.sandbox)
         try:
-            res = ex.submit(rep._job(st, rep._sde_cached())).result()
+            res = ex.submit(rep._job(st, rep._sde_cached(), kinds)).result()
         finally:
             ex.shutdown()
         outs = rep.hasher.hash_many(st.all_outs)
@@ -41,6 +40,7 @@ def check_determinism(rep: Repro, target: str) -> dict[str, tuple[str, str | Non
     finally:
         wslock.record_running([])
         wslock.release()
-    if res.returncode != 0:
-        raise StageFailedError(f"stage '{name}' failed on the re-run (exit {res.returncode}); see {res.log_path}")
+    if res.returncode != 0 or res.error:
+        why = res.error or f"exit {res.returncode}"
+        raise StageFailedError(f"stage '{name}' failed on the re-run ({why}); see {res.log_path}")
     return report

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 __all__ = ["StageJob", "JobResult", "Executor"]
 
@@ -24,6 +24,9 @@ class StageJob:
     cwd: str
     env: Mapping[str, str]
     log_path: str
+    outs: tuple[tuple[str, str], ...] = ()  # (absolute path, "file" | "dir" | "" unknown): what it may write
+    writable: tuple[str, ...] = ()  # the stage's `writable:` paths, as written in the spec
+    timeout: float | None = None  # seconds; on expiry the whole process tree is killed
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +36,8 @@ class JobResult:
     started: float  # unix time
     finished: float
     log_path: str
+    error: str = ""  # why the run failed beyond its exit status (timeout, undeclared writes)
+    sandbox: Mapping[str, Any] = field(default_factory=dict)  # the confinement that applied
 
 
 class Executor(Protocol):

@@ -45,6 +45,8 @@ from engine.workspace import Workspace, WorkspaceLock
 __all__ = ["ReproOptions", "ReproResult", "StageOutcome", "Repro", "new_run_id", "nested_params"]
 
 OK_STATES = ("ran", "restored", "skipped")
+# the only CERTUS_* variables a stage sees: keys, passphrases and $CERTUS_HOME stay with the coordinator
+STAGE_CERTUS_VARS = ("CERTUS_PARAMS", "CERTUS_STAGE", "CERTUS_RUN_ID", "CERTUS_WORKSPACE")
 
 
 def new_run_id() -> str:
@@ -93,6 +95,7 @@ class StageOutcome:
     error: str = ""
     first_run: str = ""  # for restored stages: the run that first produced these outputs
     datasets: list[dict[str, Any]] = field(default_factory=list)  # manifests consumed (resolvedDependencies)
+    sandbox: dict[str, Any] = field(default_factory=dict)  # confinement that applied (engine.adapters.sandbox)
 
 
 @dataclass
@@ -177,11 +180,11 @@ class Repro:
             pass
         return "0"
 
-    def _job(self, st: StageSpec, sde: str) -> StageJob:
+    def _job(self, st: StageSpec, sde: str, kinds: dict[str, str] | None = None) -> StageJob:
         params_path = os.path.join(self.ws.dot, "tmp", "params", f"{st.name}.json")
         os.makedirs(os.path.dirname(params_path), exist_ok=True)
         write_if_changed(params_path, json.dumps(nested_params(st.params), sort_keys=True, indent=2).encode())
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CERTUS_")}
         env.update({
             "PYTHONHASHSEED": "0", "TZ": "UTC", "LC_ALL": "C.UTF-8", "SOURCE_DATE_EPOCH": sde,
             "CERTUS_PARAMS": params_path, "CERTUS_STAGE": st.name, "CERTUS_RUN_ID": self.run_id,
@@ -189,13 +192,29 @@ class Repro:
         })
         env.update(st.env_dict())
         log = os.path.join(self.ws.dot, "logs", self.run_id, f"{st.name}.log")
-        return StageJob(name=st.name, cmd=st.cmd, cwd=self.ws.root, env=env, log_path=log)
+        kinds = kinds or {}
+        return StageJob(name=st.name, cmd=st.cmd, cwd=self.ws.root, env=env, log_path=log,
+                        outs=tuple((self.ws.p(o), kinds.get(o, "")) for o in st.all_outs),
+                        writable=st.writable, timeout=st.timeout)
 
-    def _prepare_outs(self, st: StageSpec) -> None:
-        """Delete declared outputs so the command writes new files, never into a cache inode."""
+    def _prepare_outs(self, st: StageSpec) -> dict[str, str]:
+        """Delete declared outputs so the command writes new files, never into a cache inode.
+
+        Returns each output's kind ("file" / "dir", "" when unknown) for the sandbox, which
+        pre-creates it so the stage may write exactly that path."""
+        locked = self.lock.get(st.name)
+        kinds: dict[str, str] = {}
         for o in st.all_outs:
-            remove_path(self.ws.p(o))
-            os.makedirs(os.path.dirname(self.ws.p(o)) or self.ws.root, exist_ok=True)
+            p = self.ws.p(o)
+            if os.path.lexists(p):
+                kinds[o] = "dir" if os.path.isdir(p) and not os.path.islink(p) else "file"
+            elif locked is not None and o in locked.outs:
+                kinds[o] = locked.outs[o].get("kind", "file")
+            elif o in st.metrics:
+                kinds[o] = "file"
+            remove_path(p)
+            os.makedirs(os.path.dirname(p) or self.ws.root, exist_ok=True)
+        return kinds
 
     def _restore(self, st: StageSpec, outs_rec: dict[str, dict[str, Any]], have: dict[str, Entry | None]) -> None:
         for p, rec in outs_rec.items():
@@ -216,17 +235,23 @@ class Repro:
         if self.executor_factory is not None:
             return self.executor_factory(self.jobs, on_groups=on_groups)
         from engine.adapters.local import LocalExecutor
+        from engine.adapters.sandbox import sandbox_mode
 
-        return LocalExecutor(self.jobs, echo=self.out, on_groups=on_groups)
+        def warn(msg: str) -> None:
+            self.err.write(msg + "\n")
+
+        return LocalExecutor(self.jobs, echo=self.out, on_groups=on_groups, sandbox=sandbox_mode(self.config),
+                             workspace=self.ws.root, warn=warn)
 
     # -- finishing a stage -----------------------------------------------------------------
 
     def _finish(self, st: StageSpec, res: JobResult, pre_deps: dict[str, Entry | None], key: Digest,
                 oc: StageOutcome) -> None:
         oc.started, oc.finished, oc.returncode, oc.log_path = res.started, res.finished, res.returncode, res.log_path
-        if res.returncode != 0:
+        oc.sandbox = dict(res.sandbox)
+        if res.returncode != 0 or res.error:
             oc.state = "failed"
-            oc.error = f"exit status {res.returncode}"
+            oc.error = res.error or f"exit status {res.returncode}"
             return
         outs = self.hasher.hash_many(st.all_outs)
         missing = [p for p, e in outs.items() if e is None]
@@ -235,6 +260,11 @@ class Repro:
             oc.error = f"did not produce declared output(s): {', '.join(missing)}"
             return
         post = self.hasher.hash_many(st.deps)
+        deleted = [p for p in st.deps if post[p] is None and pre_deps[p] is not None]
+        if deleted:
+            oc.state = "failed"
+            oc.error = f"deleted its dependency {', '.join(deleted)}; a stage may not remove its inputs"
+            return
         changed = [p for p in st.deps if (post[p] and str(post[p].digest)) != (pre_deps[p] and str(pre_deps[p].digest))]
         if changed:
             for p in changed:  # a dep hardlinked to the cache may have been written through
@@ -514,8 +544,8 @@ class Repro:
         if self._executor is None:
             self._executor = self._make_executor(wslock.record_running)
         executor = self._executor
-        self._prepare_outs(st)
-        fut = executor.submit(self._job(st, self._sde_cached()))
+        kinds = self._prepare_outs(st)
+        fut = executor.submit(self._job(st, self._sde_cached(), kinds))
         oc.state = "running"
         result.outcomes[st.name] = oc
         running[fut] = (st, ev.deps, key, oc)

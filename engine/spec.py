@@ -37,6 +37,8 @@ STAGE_KEYS = (
     "always_changed",
     "datasets",
     "register",
+    "writable",
+    "timeout",
 )
 _GENERATOR_KEYS = ("foreach", "do", "matrix")
 _TOP_KEYS = ("stages", "vars")
@@ -59,6 +61,8 @@ class StageSpec:
     always_changed: bool = False
     datasets: tuple[str, ...] = ()
     register: tuple[tuple[str, Any], ...] = ()  # derived datasets: (name, {path, schema?, ...})
+    writable: tuple[str, ...] = ()  # extra paths the sandbox lets the stage write (~ kept, expanded at run time)
+    timeout: float | None = None  # seconds; the stage's whole process tree is killed on expiry
     line: int = field(default=0, compare=False)
 
     @property
@@ -276,6 +280,27 @@ def _norm_path(p: Any, probs: _Problems, kp: tuple[Any, ...], stage: str, fld: s
     return norm
 
 
+def _norm_writable(p: Any, probs: _Problems, kp: tuple[Any, ...], stage: str) -> str | None:
+    """A ``writable:`` path: absolute, ``~/...`` or workspace-relative; never Certus's or git's own."""
+    if not isinstance(p, str) or not p.strip():
+        probs.add(kp, stage, "writable", f"path {p!r} is not a non-empty string")
+        return None
+    if p.startswith("/") or p == "~" or p.startswith("~/"):
+        norm = posixpath.normpath(p)
+        if norm in ("/", "~"):
+            probs.add(kp, stage, "writable", f"path '{p}' is a whole file system or home; name a directory in it")
+            return None
+        return norm
+    if p.startswith("~"):
+        probs.add(kp, stage, "writable", f"path '{p}': only '~/' (the current user's home) is expanded")
+        return None
+    norm = _norm_path(p, probs, kp, stage, "writable")
+    if norm in ("trust.json", "certus.lock"):
+        probs.add(kp, stage, "writable", f"path '{p}' is Certus's own file; stages may not write it")
+        return None
+    return norm
+
+
 def _lookup(cfg: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
     cur: Any = cfg
     for part in dotted.split("."):
@@ -416,6 +441,16 @@ def load_spec_text(text: str, *, path: str, config: Mapping[str, Any]) -> Pipeli
                           f"dataset '{ds_name}': '{ds_path}' is not one of the stage's outs")
                 continue
             register.append((str(ds_name), {**ds, "path": ds_path}))
+        writable = []
+        for i, w in enumerate(_as_str_list(body.get("writable"), probs, kp + ("writable",), name, "writable")):
+            n = _norm_writable(w, probs, kp + ("writable", i), name)
+            if n is not None:
+                writable.append(n)
+        timeout = body.get("timeout")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not 0 < timeout < float("inf")):
+            probs.add(kp + ("timeout",), name, "timeout", f"{timeout!r} is not a positive number of seconds")
+            timeout = None
         stages[name] = StageSpec(
             name=name,
             cmd=str(cmd),
@@ -428,6 +463,8 @@ def load_spec_text(text: str, *, path: str, config: Mapping[str, Any]) -> Pipeli
             always_changed=always,
             datasets=tuple(datasets),
             register=tuple(register),
+            writable=tuple(dict.fromkeys(writable)),
+            timeout=float(timeout) if timeout is not None else None,
             line=probs.line_of(kp),
         )
 
@@ -458,7 +495,8 @@ def spec_to_json(spec: PipelineSpec) -> bytes:
     for st in spec.stages.values():
         stages.append({"name": st.name, "cmd": st.cmd, "deps": st.deps, "outs": st.outs, "metrics": st.metrics,
                        "params": st.params, "env": st.env, "desc": st.desc, "always_changed": st.always_changed,
-                       "datasets": st.datasets, "register": st.register, "line": st.line})
+                       "datasets": st.datasets, "register": st.register, "writable": st.writable,
+                       "timeout": st.timeout, "line": st.line})
     return json.dumps({"path": spec.path, "stages": stages}).encode()
 
 
@@ -472,5 +510,6 @@ def spec_from_json(data: bytes) -> PipelineSpec:
             name=s["name"], cmd=s["cmd"], deps=tuple(s["deps"]), outs=tuple(s["outs"]), metrics=tuple(s["metrics"]),
             params=tuple((k, v) for k, v in s["params"]), env=tuple((k, v) for k, v in s["env"]), desc=s["desc"],
             always_changed=s["always_changed"], datasets=tuple(s["datasets"]),
-            register=tuple((k, v) for k, v in s["register"]), line=s["line"])
+            register=tuple((k, v) for k, v in s["register"]), writable=tuple(s.get("writable", ())),
+            timeout=s.get("timeout"), line=s["line"])
     return PipelineSpec(path=doc["path"], stages=stages)

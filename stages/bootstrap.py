@@ -17,6 +17,7 @@ After this, `certus repro` runs the lifecycle on approved data and signs its pro
 import os
 import sys
 
+from engine.adapters.keys import make_private_dir
 from engine.cli import main
 from engine.provenance import keys_dir
 
@@ -40,7 +41,7 @@ def run() -> None:
     if not os.path.exists(raw):
         export("wine", raw)
         print(f"bootstrap: exported {RAW}")
-    os.makedirs(keys_dir(), exist_ok=True)
+    make_private_dir(keys_dir())
     for name, role in KEYS:
         if not os.path.exists(os.path.join(keys_dir(), f"{name}.key")):
             certus("keys", "generate", "--name", name, "--role", role, "--unencrypted")

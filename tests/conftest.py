@@ -17,7 +17,9 @@ from engine.cli import main
 BIN = os.path.dirname(sys.executable)
 
 # A stage script for tests: writes OUT from its deps and params, and appends its name to
-# runs.log (outside every output) so a test can prove whether the command really ran.
+# runs.log (outside every output) so a test can prove whether the command really ran. Stages
+# are confined (engine.adapters.sandbox), so specs that use it declare `writable: [runs.log]`
+# (and times.log where STEP_SLEEP is set): W below.
 STEP = textwrap.dedent('''
     import json, os, sys, time
     name, out, *deps = sys.argv[1:]
@@ -118,30 +120,37 @@ DIAMOND_CONF = """\
     c: {z: 1}
 """
 
+W = "writable: [runs.log, times.log]"
+
 # a -> b, a -> c, (b, c) -> d ; e independent
-DIAMOND = """\
+DIAMOND = f"""\
     stages:
       a:
         cmd: python step.py a out/a.txt in.txt
+        {W}
         deps: [step.py, in.txt]
         params: [a.x]
         outs: [out/a.txt]
       b:
         cmd: python step.py b out/b.txt out/a.txt
+        {W}
         deps: [step.py, out/a.txt]
         params: [b.y]
         outs: [out/b.txt]
       c:
         cmd: python step.py c out/c.txt out/a.txt
+        {W}
         deps: [step.py, out/a.txt]
         params: [c.z]
         outs: [out/c.txt]
       d:
         cmd: python step.py d out/d.txt out/b.txt out/c.txt
+        {W}
         deps: [step.py, out/b.txt, out/c.txt]
         outs: [out/d.txt]
       e:
         cmd: python step.py e out/e.txt
+        {W}
         deps: [step.py]
         outs: [out/e.txt]
 """

@@ -25,6 +25,7 @@ PIPELINE = """\
     stages:
       curate:
         cmd: python step.py curate data/cur.csv data/raw/p.csv
+        writable: [runs.log]
         deps: [step.py]
         datasets: [praw]
         outs: [data/cur.csv]
@@ -32,6 +33,7 @@ PIPELINE = """\
           pcur: data/cur.csv
       train:
         cmd: python step.py train model.txt data/cur.csv
+        writable: [runs.log]
         deps: [step.py, data/cur.csv]
         outs: [model.txt]
 """

@@ -59,8 +59,8 @@ def test_early_cutoff_when_rerun_output_is_identical(ws):
     ws.write("pipelines/p.yaml", """\
         stages:
           a: {cmd: "cp in.txt a.txt", deps: [in.txt], outs: [a.txt]}
-          b: {cmd: "python head.py a.txt b.txt b", deps: [head.py, a.txt], outs: [b.txt]}
-          c: {cmd: "python step.py c c.txt b.txt", deps: [step.py, b.txt], outs: [c.txt]}
+          b: {writable: [runs.log], cmd: "python head.py a.txt b.txt b", deps: [head.py, a.txt], outs: [b.txt]}
+          c: {writable: [runs.log], cmd: "python step.py c c.txt b.txt", deps: [step.py, b.txt], outs: [c.txt]}
     """)
     ws.write("in.txt", "keep\nv1\n")
     ws.certus("repro")
@@ -153,7 +153,11 @@ def test_directory_outputs_and_dep_inside_output_directory(ws):
     ws.write("pipelines/p.yaml", """\
         stages:
           mk: {cmd: python mk.py d, deps: [mk.py], outs: [d]}
-          use: {cmd: "python step.py use u.txt d/f1.txt", deps: [step.py, d/f1.txt], outs: [u.txt]}
+          use:
+            writable: [runs.log]
+            cmd: "python step.py use u.txt d/f1.txt"
+            deps: [step.py, d/f1.txt]
+            outs: [u.txt]
     """)
     assert ws.certus("repro") == 0
     lock = ws.lock()
@@ -212,8 +216,8 @@ def test_parallel_stages_overlap_in_time(ws, monkeypatch):
     ws.write("conf/config.yaml", "certus: {pipeline: p}\n")
     ws.write("pipelines/p.yaml", """\
         stages:
-          x: {cmd: python step.py x x.txt, deps: [step.py], outs: [x.txt]}
-          y: {cmd: python step.py y y.txt, deps: [step.py], outs: [y.txt]}
+          x: {writable: [runs.log, times.log], cmd: python step.py x x.txt, deps: [step.py], outs: [x.txt]}
+          y: {writable: [runs.log, times.log], cmd: python step.py y y.txt, deps: [step.py], outs: [y.txt]}
     """)
     t0 = time.monotonic()
     assert ws.certus("repro", "-j", "2") == 0
@@ -269,7 +273,7 @@ def test_check_determinism(ws, capsys):
     ws.write("conf/config.yaml", "certus: {pipeline: p}\n")
     ws.write("pipelines/p.yaml", """\
         stages:
-          det: {cmd: "python step.py det det.txt", deps: [step.py], outs: [det.txt]}
+          det: {writable: [runs.log, times.log], cmd: "python step.py det det.txt", deps: [step.py], outs: [det.txt]}
           rnd: {cmd: "python -c \\"import os; open('rnd.txt','wb').write(os.urandom(8))\\"", outs: [rnd.txt]}
     """)
     assert ws.certus("repro") == 0
@@ -310,7 +314,9 @@ def test_gc_drops_unreferenced_objects(diamond, capsys):
 
 
 def test_stage_cannot_corrupt_cache_through_a_hardlink(ws, capsys):
-    ws.write("conf/config.yaml", "certus:\n  pipeline: p\n  cache: {link_types: [hardlink, copy]}\n")
+    # unconfined (no Landlock, or certus.sandbox=off): the write goes through and must be caught;
+    # confined, the write is refused outright (tests/test_sandbox.py)
+    ws.write("conf/config.yaml", "certus:\n  pipeline: p\n  sandbox: off\n  cache: {link_types: [hardlink, copy]}\n")
     ws.write("pipelines/p.yaml", """\
         stages:
           a: {cmd: "echo original > a.txt", outs: [a.txt]}
@@ -362,26 +368,35 @@ def test_two_concurrent_repros_do_not_corrupt(diamond, monkeypatch):
 def test_kill_9_mid_stage_leaves_consistent_state(ws, monkeypatch):
     # the stage spawns a background child that keeps writing its output: an orphan after kill -9
     ws.write("conf/config.yaml", "certus: {pipeline: p}\n")
-    ws.write("slow.py", "import sys,time,os\nopen('started','w').write(str(os.getpid()))\n"
+    ws.write("slow.py", "import sys,time,os\nopen('slow.pid','w').write(str(os.getpid()))\n"
                         "f=open(sys.argv[1],'w')\nfor i in range(200):\n  f.write('x'); f.flush(); time.sleep(0.05)\n")
     ws.write("pipelines/p.yaml", """\
         stages:
-          fast: {cmd: "python step.py fast fast.txt", deps: [step.py], outs: [fast.txt]}
-          slow: {cmd: "python slow.py slow.txt & wait", deps: [slow.py, fast.txt], outs: [slow.txt]}
-          after: {cmd: "python step.py after after.txt slow.txt", deps: [step.py, slow.txt], outs: [after.txt]}
+          fast: {writable: [runs.log], cmd: "python step.py fast fast.txt", deps: [step.py], outs: [fast.txt]}
+          slow:
+            writable: [slow.pid]
+            cmd: "python slow.py slow.txt & wait"
+            deps: [slow.py, fast.txt]
+            outs: [slow.txt]
+          after:
+            writable: [runs.log]
+            cmd: "python step.py after after.txt slow.txt"
+            deps: [step.py, slow.txt]
+            outs: [after.txt]
     """)
     p = ws.popen("repro")
     deadline = time.time() + 30
-    while not (ws.root / "started").exists() and time.time() < deadline:
+    pid_file = ws.root / "slow.pid"  # created empty by the sandbox (writable:), then filled by the stage
+    while not (pid_file.exists() and pid_file.stat().st_size) and time.time() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
-    orphan = int(ws.read("started"))
+    orphan = int(ws.read("slow.pid"))
     lock = ws.lock()
     assert list(lock["stages"]) == ["fast"]  # only the finished stage is recorded
     assert not any(ws.root.joinpath(".certus", "cache").rglob("*.tmp-*"))
-    (ws.root / "started").unlink()
+    (ws.root / "slow.pid").unlink()
     ws.clear_runs()
     r = ws.proc("repro")  # reaps the orphan, re-runs exactly what did not finish
     assert r.returncode == 0, r.stderr
@@ -396,8 +411,12 @@ def test_sigterm_terminates_stage_group_and_keeps_finished(ws):
     ws.write("conf/config.yaml", "certus: {pipeline: p}\n")
     ws.write("pipelines/p.yaml", """\
         stages:
-          quick: {cmd: "python step.py quick q.txt", deps: [step.py], outs: [q.txt]}
-          hang: {cmd: "touch hang.started; sleep 60; echo x > h.txt", deps: [q.txt], outs: [h.txt]}
+          quick: {writable: [runs.log, times.log], cmd: "python step.py quick q.txt", deps: [step.py], outs: [q.txt]}
+          hang:
+            writable: [hang.started]
+            cmd: "touch hang.started; sleep 60; echo x > h.txt"
+            deps: [q.txt]
+            outs: [h.txt]
     """)
     p = ws.popen("repro")
     deadline = time.time() + 30

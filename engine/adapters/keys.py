@@ -64,6 +64,7 @@ __all__ = [
     "generate_key",
     "load_public_key",
     "load_signer",
+    "make_private_dir",
     "save_key",
     "verify_ed25519",
 ]
@@ -180,12 +181,28 @@ def save_key(
         "role": key.role,
     }
     try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(directory)
     except OSError as e:
         raise KeyError_(f"key directory {directory}: cannot create ({e.strerror})") from e
     _write_new(priv, _pretty(body), 0o600)
     _write_new(pub, key.info.to_json_bytes(), 0o644)
     return priv, pub
+
+
+def make_private_dir(path: str | os.PathLike[str]) -> None:
+    """Create ``path`` and every missing parent 0700 (umask aside): key and witness directories
+    ($CERTUS_HOME included) are nobody else's to list or read. Existing directories are left alone."""
+    missing: list[Path] = []
+    p = Path(path).absolute()
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        os.chmod(d, 0o700)
 
 
 def load_signer(path: str | os.PathLike[str], passphrase: str | None = None) -> Ed25519SigningKey:
