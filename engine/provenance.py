@@ -482,6 +482,7 @@ class Provenance:
                 python=platform.python_version(), platform=platform.platform(),
                 env={**env_common, **st.env_dict()}, run_id=result.run_id, started=oc.started,
                 finished=oc.finished, exit_status=oc.returncode, log_digest=log_digest, restored_from=restored_from,
+                sandbox=getattr(oc, "sandbox", None) if oc.state == "ran" else None,
             )
             env = sign_envelope(PAYLOAD_TYPE, canonical_bytes(stmt), [signer])
             envelopes.append((name, env.to_json_bytes()))

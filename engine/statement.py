@@ -8,7 +8,9 @@ Field choices (https://in-toto.io/Statement/v1, https://slsa.dev/spec/v1.0/prove
 - ``buildDefinition.externalParameters``: what the user controls: stage, resolved ``cmd``, the
   stage's param values, pipeline path and the run's CLI overrides.
 - ``buildDefinition.internalParameters``: engine version, Python, platform, the environment the
-  engine set, and the stage key.
+  engine set, the stage key, and the confinement the stage ran under (``sandbox``: Landlock ABI and
+  the ``writable:`` paths it declared, or why it ran unconfined) — so a record can say "this stage
+  wrote nothing undeclared".
 - ``buildDefinition.resolvedDependencies``: the deps with digests, and each consumed dataset's
   signed manifest file by its workspace path and the SHA-256 of those bytes (the data itself is a dep).
 - ``runDetails``: builder id, the run id as ``invocationId``, start and finish times, and the log's
@@ -84,6 +86,7 @@ def stage_statement(
     exit_status: int | None,
     log_digest: str | None,
     restored_from: Mapping[str, str] | None = None,
+    sandbox: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build the statement as a plain dict (canonical JSON is applied when it is signed)."""
     subjects = [{"name": p, "digest": {_algorithm(o): _hex(str(o["digest"]))}} for p, o in sorted(outs.items())]
@@ -107,7 +110,8 @@ def stage_statement(
                 "externalParameters": {"stage": stage, "cmd": cmd, "params": dict(params), "pipeline": pipeline,
                                        "overrides": list(overrides)},
                 "internalParameters": {"engine": engine_version, "python": python, "platform": platform,
-                                       "env": dict(sorted(env.items())), "stageKey": key},
+                                       "env": dict(sorted(env.items())), "stageKey": key,
+                                       **({"sandbox": dict(sandbox)} if sandbox else {})},
                 "resolvedDependencies": resolved,
             },
             "runDetails": {
