@@ -93,6 +93,10 @@ class Comparison:
                 "cosignatures": [c.to_dict() for c in self.cosignatures]}
 
 
+def _entries(lo: int, hi: int) -> str:
+    return f"entry {lo}" if hi - lo == 1 else f"entries {lo}..{hi - 1}"
+
+
 def compare(ours: Checkpoint, theirs: Checkpoint, root_at: Callable[[int], bytes]) -> None:
     """Raise unless ``theirs`` describes a prefix of (or the same tree as) ``ours``.
 
@@ -104,7 +108,7 @@ def compare(ours: Checkpoint, theirs: Checkpoint, root_at: Callable[[int], bytes
     if theirs.size > ours.size:
         raise BehindError(
             f"behind: their checkpoint {describe(theirs)} is ahead of ours {describe(ours)}: this copy lacks "
-            f"entries {ours.size}..{theirs.size - 1}, or was rolled back; fetch their ledger and compare again")
+            f"{_entries(ours.size, theirs.size)}, or was rolled back; fetch their ledger and compare again")
     mine = ours.root_hash if theirs.size == ours.size else root_at(theirs.size)
     if mine != theirs.root_hash:
         at = base64.b64encode(mine).decode("ascii")
