@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import sys
@@ -145,9 +146,9 @@ def cmd_ledger_checkpoint(args: argparse.Namespace) -> int:
         raise EngineError("--cosign needs --key NAME (a key the trust file grants the 'witness' role)")
     ws = Workspace.discover(args.directory or ".")
     prov = Provenance(ws)
-    if args.witness and not args.cosign:
-        return _witness(args, prov, prov.open_ledger(create=False))
-    with WorkspaceLock(ws).held(command="ledger checkpoint"):  # a stable view while checking and cosigning
+    # Reading needs no lock (the checkpoint file is the ledger's commit point); cosigning holds it
+    # so that the ledger it checks end to end is the one it vouches for.
+    with WorkspaceLock(ws).held(command="ledger checkpoint --cosign") if args.cosign else contextlib.nullcontext():
         ledger = prov.open_ledger(create=False)
         if args.witness:
             return _witness(args, prov, ledger)

@@ -149,7 +149,7 @@ def ledger_verifiers(trust: TrustStore, origin: str | None = None, *, at: dateti
 
 def witness_cosigners(trust: TrustStore) -> dict[tuple[str, bytes], tuple[Cosigner, TrustEntry]]:
     """Every key with the ``witness`` role as a v1 cosigner, by (name, cosignature key ID)."""
-    out = {}
+    out: dict[tuple[str, bytes], tuple[Cosigner, TrustEntry]] = {}
     for entry in trust.entries:
         if "witness" in entry.roles:
             c = Cosigner(name=entry.name, public_key=entry.public_key.raw)

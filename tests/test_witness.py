@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,7 @@ from engine.cosignature import (
 from engine.ledger import ForkError, RollbackError
 from engine.note import Checkpoint, CheckpointError, Note, NoteError, UnverifiedNoteError, Verifier, parse_vkey
 from engine.provenance import NoteSignerAdapter
+from engine.trust import TrustStore
 from engine.witness import BehindError, DifferentLogError, HistoryForkError, compare
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "tlog_cosignature.json").read_text())
@@ -326,7 +328,7 @@ def test_cosign_round_trip(site: Site) -> None:
     assert rc == 0 and "cosigned by wit at " in text, text
     rc, _ = site.run("copy", "ledger", "checkpoint", "--witness", str(path), "--json")
     assert [c["name"] for c in json.loads(site.stdout)["cosignatures"]] == ["wit"]
-    # the copy's witness cosigns their checkpoint in turn: both cosignatures are kept
+    # the copy cosigns their checkpoint in turn; the same witness key replaces its earlier line
     rc, text = site.run("copy", "ledger", "checkpoint", "--witness", str(path), "--cosign", "--key", "wit", "--json")
     assert rc == 0, text
     assert [s.name for s in Note.from_text(json.loads(site.stdout)["note"]).signatures] == ["alice", "wit"]
@@ -377,3 +379,19 @@ def test_cosign_refuses_a_damaged_ledger(site: Site) -> None:
     entries.write_bytes(b"".join(frames))
     rc, text = site.run("ws", "ledger", "checkpoint", "--cosign", "--key", "wit")
     assert rc != 0 and "ledger" in text and len(text.strip().splitlines()) == 1, text
+
+
+@pytest.mark.integration
+def test_revoked_keys(site: Site) -> None:
+    path = site.export("ws", "--cosign", "--key", "wit")
+    trust_file = site.base / "copy/trust.json"
+
+    def revoke(name: str, at: datetime) -> None:  # the trust file as the copy's owner sees it
+        trust_file.write_text(TrustStore.from_json(trust_file.read_text()).revoke(name, at, "lost").to_json())
+
+    revoke("wit", datetime(2000, 1, 1, tzinfo=timezone.utc))
+    rc, text = site.witness("copy", path)  # cosigned long after wit's revocation
+    assert rc != 0 and "cosignature by 'wit'" in text and "revoked" in text
+    revoke("alice", datetime.now(timezone.utc))
+    rc, text = site.witness("copy", site.export("ws"))
+    assert rc != 0 and "signed only by ledger key(s) alice, not valid now" in text
