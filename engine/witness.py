@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -73,7 +73,7 @@ class Comparison:
     ours: Checkpoint
     theirs: Checkpoint
     signers: tuple[str, ...] = ()
-    cosignatures: tuple[Cosignature, ...] = field(default=())
+    cosignatures: tuple[Cosignature, ...] = ()
 
     def summary(self) -> str:
         """One line for the CLI."""
