@@ -407,4 +407,4 @@ def test_revoked_keys(site: Site) -> None:
     assert rc != 0 and "cosignature by 'wit'" in text and "revoked" in text
     revoke("alice", datetime.now(timezone.utc))
     rc, text = site.witness("copy", site.export("ws"))
-    assert rc != 0 and "signed only by ledger key(s) alice, not valid now" in text
+    assert rc != 0 and f"signed only by ledger key(s) {site.log_signer('ws')}, not valid now" in text
