@@ -53,7 +53,7 @@ def cmd_keys_trust(args: argparse.Namespace) -> int:
     from engine.provenance import Provenance
     from engine.trust import TrustStore
 
-    prov = Provenance(_ws(args))
+    prov = Provenance(_ws(args), key=getattr(args, "key_file", None))
     info = load_public_key(args.pubfile)
     store = prov.trust() if prov.enabled else TrustStore()
     existing = [e for e in store.entries if e.keyid == info.public_key.keyid]
@@ -68,21 +68,52 @@ def cmd_keys_trust(args: argparse.Namespace) -> int:
     else:
         store = store.add_key(info, roles=args.role or None, not_before=_when(args.not_before),
                               not_after=_when(args.not_after))
-    prov.save_trust(store)
+    index = _change_trust(args, prov, store)
     entry = store.get(info.public_key.keyid)
-    print(f"trust.json: '{entry.name}' ({entry.keyid[:16]}…) trusted as {', '.join(entry.roles)}; commit trust.json")
+    print(f"trust.json: '{entry.name}' ({entry.keyid[:16]}…) trusted as {', '.join(entry.roles)}{index}; "
+          "commit trust.json")
     return 0
+
+
+def _change_trust(args: argparse.Namespace, prov: Any, store: Any) -> str:
+    """Apply a trust change (a signed ledger record once the ledger exists); say where it went."""
+    from engine.workspace import WorkspaceLock
+
+    with WorkspaceLock(prov.ws).held(wait=True, command="keys"):
+        index = prov.change_trust(store)
+    return "" if index is None else f" (signed ledger record {index})"
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     from engine.provenance import Provenance
 
-    prov = Provenance(_ws(args))
+    prov = Provenance(_ws(args), key=getattr(args, "key_file", None))
     at = _when(args.at) or datetime.now(timezone.utc)
     store = prov.trust().revoke(args.key, at, args.reason)
-    prov.save_trust(store)
-    print(f"trust.json: '{args.key}' revoked as of {at.isoformat()}; signatures made after that no longer "
-          "verify; commit trust.json")
+    index = _change_trust(args, prov, store)
+    print(f"trust.json: '{args.key}' revoked as of {at.isoformat()}{index}; it signs nothing valid from here "
+          "on, nor anything claiming a later time; commit trust.json")
+    return 0
+
+
+def cmd_keys_sync(args: argparse.Namespace) -> int:
+    from engine.provenance import Provenance
+    from engine.workspace import WorkspaceLock
+
+    prov = Provenance(_ws(args))
+    with WorkspaceLock(prov.ws).held(wait=True, command="keys sync"):
+        history = prov.trust_history()
+        if history.problems:
+            raise LedgerError(f"the ledger's trust records are damaged: {history.problems[0]}; run 'certus verify'")
+        if not history.pinned:
+            print("the ledger records no trust state yet: trust.json is the root of trust until the first append")
+            return 0
+        current = prov.trust() if prov.enabled else None
+        if current is not None and history.diff_file(current) is None:
+            print("trust.json matches the trust state the ledger records")
+            return 0
+        prov.save_trust(history.latest)
+    print(f"trust.json: rewritten from ledger entry {history.epochs[-1].made_by}; commit trust.json")
     return 0
 
 
@@ -249,12 +280,16 @@ def register(sub: Any, add: Any) -> None:
     t.add_argument("--role", action="append", help="role to grant (repeatable; default: the key's own role)")
     t.add_argument("--not-before")
     t.add_argument("--not-after")
+    t.add_argument("--key", dest="key_file", help="admin key that signs the change (default: the first usable)")
     t.set_defaults(func=cmd_keys_trust)
-    r = ks.add_parser("revoke", help="revoke a key in trust.json (signatures after --at fail)")
+    r = ks.add_parser("revoke", help="revoke a key: a ledger record signed by an admin key, then trust.json")
     r.add_argument("key", help="key name or keyid")
     r.add_argument("--reason", required=True)
-    r.add_argument("--at", help="revocation time (default: now)")
+    r.add_argument("--at", help="compromised since (default: now); signatures claiming a later time fail too")
+    r.add_argument("--admin-key", dest="key_file", help="admin key that signs the revocation")
     r.set_defaults(func=cmd_keys_revoke)
+    sy = ks.add_parser("sync", help="rewrite trust.json from the trust state the ledger records")
+    sy.set_defaults(func=cmd_keys_sync)
     ls = ks.add_parser("list", help="trusted keys and local private keys")
     ls.set_defaults(func=cmd_keys_list)
 

@@ -35,8 +35,9 @@ __all__ = ["DatasetManifest", "Registry", "SENSITIVITY", "MANIFEST_TYPE", "APPRO
 
 MANIFEST_TYPE = "application/vnd.certus.dataset+json"
 APPROVAL_TYPE = "application/vnd.certus.dataset-approval+json"
+MANIFEST_MEDIA_TYPE = "application/vnd.dsse.envelope.v1+json; payload=" + MANIFEST_TYPE
 SENSITIVITY = ("public", "internal", "confidential", "pii")
-DATASETS_DIR = os.path.join(".certus", "datasets")
+DATASETS_DIR = ".certus/datasets"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
@@ -125,9 +126,15 @@ class DatasetUse:
     manifest_sha256: str
 
     def as_dependency(self) -> dict[str, Any]:
-        return {"name": f"dataset:{self.manifest.ref}", "uri": f"certus:dataset/{self.manifest.name}@"
-                f"{self.manifest.id}", "digest": {"sha256": self.manifest_sha256},
-                "annotations": {"path": self.manifest.path, "version": self.manifest.version,
+        """The manifest as a resource descriptor: its file's path and the SHA-256 of its bytes.
+
+        The data's own digest is the dep on ``manifest.path``; this one is unambiguously the
+        manifest's (``mediaType`` says so), with the dataset it names as annotations.
+        """
+        return {"name": manifest_path(self.manifest), "digest": {"sha256": self.manifest_sha256},
+                "mediaType": MANIFEST_MEDIA_TYPE,
+                "annotations": {"dataset": self.manifest.ref, "dataId": self.manifest.id,
+                                "path": self.manifest.path, "version": self.manifest.version,
                                 "sensitivity": self.manifest.sensitivity}}
 
 
@@ -238,10 +245,15 @@ def now_rfc3339() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def manifest_path(manifest: DatasetManifest) -> str:
+    """Where a manifest's signed envelope lives, relative to the workspace."""
+    return f"{DATASETS_DIR}/{manifest.name}/{manifest.short}.manifest.json"
+
+
 def write_manifest(reg: Registry, manifest: DatasetManifest, signer: Any) -> tuple[str, bytes]:
     env = sign_envelope(MANIFEST_TYPE, canonical_bytes(manifest.to_dict()), [signer])
     raw = env.to_json_bytes()
-    path = os.path.join(reg.dir_for(manifest.name), f"{manifest.short}.manifest.json")
+    path = os.path.join(reg.root, manifest_path(manifest))
     atomic_write(path, raw)
     return os.path.relpath(path, reg.root), raw
 
@@ -262,10 +274,54 @@ def write_approval(reg: Registry, entry: Entry, signer: Any, policy_refs: Iterab
     return os.path.relpath(path, reg.root), raw
 
 
+def signer_role(manifest: DatasetManifest) -> str:
+    """The role a manifest's signer needs: the kind of record decides, not a field the signer chose.
+
+    A source dataset (no producing run) is published by a data steward; a derived one by the
+    trainer key that signed the run producing it.
+    """
+    return "trainer" if manifest.produced_by is not None else "data-steward"
+
+
+def structure_problem(entry: Entry, reg: Registry) -> str | None:
+    """The role-matrix rules a manifest must meet before any signature or ledger record is looked at."""
+    m = entry.manifest
+    kinds = {e.manifest.produced_by is not None for e in reg.entries.get(m.name, [entry])}
+    if len(kinds) > 1:
+        return (f"dataset '{m.name}' mixes source and derived versions; a derived dataset is registered under "
+                "its own name (a stage's 'register:'), a source one by a data steward")
+    if m.produced_by is None:
+        if m.approval != "required":
+            return ("a source dataset needs an approver's approval; 'approval: inherited' is only for derived "
+                    "datasets whose parents are approved")
+        return None
+    produced = m.produced_by
+    if not isinstance(produced, Mapping) or not produced.get("run") or not produced.get("stage"):
+        return "a derived dataset must name the run and stage that produced it (produced_by)"
+    if m.approval == "inherited" and not m.parents:
+        return "it inherits approval but names no parents"
+    if m.approval not in ("inherited", "required"):
+        return f"approval '{m.approval}': expected 'required' or 'inherited'"
+    return None
+
+
+def ledger_problem(entry: Entry, index: Any) -> str | None:
+    """What the ledger must hold for a manifest (the local ledger index answers; verify re-checks)."""
+    m = entry.manifest
+    if _sha(entry.raw) not in index.logged.get("manifest_sha256", {}):
+        return "no ledger record registers this manifest (it was changed or never registered)"
+    if m.produced_by is not None:
+        hit = index.attestation_of(m.path, m.id)
+        if hit is None or hit[1] != m.produced_by.get("stage"):
+            return (f"no attestation in the ledger shows stage '{m.produced_by.get('stage')}' of run "
+                    f"'{m.produced_by.get('run')}' producing {m.path} with digest {m.id[:19]}…")
+    return None
+
+
 def approval_problem(entry: Entry, trust: Any, reg: Registry | None = None) -> str | None:
     """Why the dataset may not be used (None when its approval is valid)."""
     man = entry.manifest
-    if man.approval == "inherited":
+    if man.approval == "inherited" and man.produced_by is not None and man.parents:
         if reg is None:
             return None
         for parent in man.parents:
@@ -273,7 +329,7 @@ def approval_problem(entry: Entry, trust: Any, reg: Registry | None = None) -> s
                 p = reg.resolve(parent)
             except DatasetError:
                 return f"parent {parent} is unknown"
-            why = approval_problem(p, trust, reg)
+            why = structure_problem(p, reg) or approval_problem(p, trust, reg)
             if why:
                 return f"parent {parent}: {why}"
         return None
@@ -295,13 +351,17 @@ def approval_problem(entry: Entry, trust: Any, reg: Registry | None = None) -> s
 
 
 def check_use(reg: Registry, ref: str, stage: str, config: Mapping[str, Any], digest_now: str | None,
-              trust: Any, today: date | None = None) -> DatasetUse:
+              trust: Any, today: date | None = None, ledger_index: Any = None) -> DatasetUse:
     """Every check a consuming stage needs; raises :class:`DatasetError` naming the rule."""
     entry = reg.resolve(ref)
     man = entry.manifest
     where = f"stage '{stage}': dataset {man.ref} (v{man.version})"
+    why = structure_problem(entry, reg) or (ledger_problem(entry, ledger_index) if ledger_index is not None
+                                            else None)
+    if why:
+        raise DatasetError(f"{where}: manifest {entry.path}: {why}")
     if trust is not None:
-        role = "trainer" if man.produced_by else "data-steward"
+        role = signer_role(man)
         try:
             at = datetime.strptime(man.registered, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
             for sig in entry.envelope.signatures:

@@ -491,21 +491,23 @@ class Ledger:
         """The latest signed checkpoint note, verbatim, for publishing or witnessing."""
         return self._checkpoint_text
 
-    def _frames(self, count: int) -> Iterator[tuple[bytes, bytes]]:
+    def _frames(self, count: int, start: int = 0) -> Iterator[tuple[bytes, bytes]]:
         path = self._file(ENTRIES)
         with open(path, "rb") as f:
             for index in range(count):
                 line = f.readline()
                 if not line:
                     raise LedgerError(f"{path}: entry {index}: missing (the checkpoint has {self.size})")
+                if index < start:
+                    continue  # skipped unread: only the frames asked for are decoded and checked
                 try:
                     yield decode_frame(line, index)
                 except LedgerError as e:
                     raise LedgerError(f"{path}: entry {index}: {e}") from e
 
-    def entries(self) -> Iterator[bytes]:
-        """The committed entries in order; each frame is checked against its leaf hash."""
-        for entry, _ in self._frames(self.size):
+    def entries(self, start: int = 0) -> Iterator[bytes]:
+        """The committed entries from ``start`` on, in order; each frame is checked against its leaf hash."""
+        for entry, _ in self._frames(self.size, start):
             yield entry
 
     def entry(self, index: int) -> bytes:

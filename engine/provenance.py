@@ -15,13 +15,16 @@ grants the needed role.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,11 +33,12 @@ from typing import Any
 from engine import __version__
 from engine.canonical import canonical_bytes
 from engine.dsse import Envelope, sign_envelope
-from engine.errors import KeyError_, LedgerError, SignatureError
+from engine.errors import EngineError, KeyError_, LedgerError, SignatureError
 from engine.fsutil import atomic_write
 from engine.records import EVENT_ROLES, EVENT_TYPE, RUN_TYPE, Event, RunRecord, attestation_root
 from engine.statement import PAYLOAD_TYPE, rfc3339, stage_statement
 from engine.trust import TRUST_FILE, TrustStore
+from engine.trust_log import trust_digest
 from engine.workspace import Workspace
 
 __all__ = ["Provenance", "certus_home", "keys_dir", "NoteSignerAdapter", "ledger_dir", "git_state"]
@@ -77,14 +81,18 @@ def now_utc() -> datetime:
 
 
 class NoteSignerAdapter:
-    """Presents a signing key as the signed-note signer the ledger wants."""
+    """Presents a signing key as the signed-note signer the ledger wants.
 
-    def __init__(self, key: Any) -> None:
+    C2SP tlog-checkpoint: the key name SHOULD be the log's origin, so the ledger passes ``name``.
+    """
+
+    def __init__(self, key: Any, name: str | None = None) -> None:
         self._key = key
+        self._name = name
 
     @property
     def name(self) -> str:
-        return str(self._key.name)
+        return self._name or str(self._key.name)
 
     @property
     def public_key(self) -> bytes:
@@ -110,7 +118,8 @@ class Provenance:
 
     def __init__(self, ws: Workspace, *, key: str | None = None, ledger_key: str | None = None) -> None:
         self.ws = ws
-        self.key_hint = key or os.environ.get("CERTUS_KEY")
+        self.key_hint = key  # explicit (--key): any role
+        self.trainer_key_hint = os.environ.get("CERTUS_KEY")  # the environment names the run's signer only
         self.ledger_key_hint = ledger_key or os.environ.get("CERTUS_LEDGER_KEY")
         self._signers: dict[str, Any] = {}
 
@@ -156,7 +165,8 @@ class Provenance:
         from engine.adapters.keys import load_public_key, load_signer
 
         trust = self.trust()
-        hint = hint or (self.ledger_key_hint if role == "ledger" else self.key_hint)
+        hint = hint or (self.ledger_key_hint if role == "ledger" else self.key_hint
+                        or (self.trainer_key_hint if role == "trainer" else None))
         tried = []
         for path in self._candidates(hint):
             pub_path = path[:-4] + ".pub" if path.endswith(".key") else None
@@ -206,18 +216,109 @@ class Provenance:
 
         return Ledger.open(ledger_dir(self.ws), origin=self._origin(), create=create)
 
-    def append(self, payload_type: str, payload: Mapping[str, Any], role: str) -> tuple[int, bytes]:
-        """Sign ``payload`` with a ``role`` key, append it to the ledger; caller holds the lock."""
-        env = sign_envelope(payload_type, canonical_bytes(dict(payload)), [self.signer(role)])
-        data = env.to_json_bytes()
-        ledger = self.open_ledger()
+    @contextlib.contextmanager
+    def ledger_lock(self, *, exclusive: bool) -> Iterator[None]:
+        """An flock on the ledger directory: appends exclusive, readers (verify) shared.
+
+        The workspace lock keeps two writers apart; this one also keeps a reader from seeing an
+        append half done (frames past the checkpoint look like a torn tail).
+        """
+        d = ledger_dir(self.ws)
+        if not os.path.isdir(d):
+            if not exclusive:
+                yield
+                return
+            os.makedirs(d, exist_ok=True)
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    def ledger_verifiers(self, trust: TrustStore, origin: str) -> list[Any]:
+        """Note verifiers for every ``ledger`` key: under the log's origin (C2SP) and, for older
+        checkpoints, under the key's own name."""
+        from engine.note import Verifier
+
+        out = []
+        for e in trust.entries:
+            if "ledger" in e.roles:
+                out += [Verifier(name=origin, public_key=e.public_key.raw),
+                        Verifier(name=e.name, public_key=e.public_key.raw)]
+        return out
+
+    def index(self, ledger: Any = None) -> Any:
+        """The local ledger index (a cache; see :mod:`engine.ledger_index`)."""
+        from engine.ledger_index import LedgerIndex
+
+        return LedgerIndex.current(ledger if ledger is not None else self.open_ledger(), self.ws.root)
+
+    def check_appendable(self, ledger: Any) -> Any:
+        """Refuse to extend a ledger that ``verify`` would call damaged, rolled back or mistrusted.
+
+        Returns the current ledger index. Checks (cheap unless something moved): torn tails and
+        damage; that the ledger extends the checkpoint this machine last saw (witness); and that
+        ``trust.json`` is the trust state the ledger records.
+        """
         status = ledger.status()
         if not status.ok:
             problems = [str(t) for t in status.torn_tails] + list(status.damage)
             raise LedgerError(f"{ledger_dir(self.ws)}: cannot append: {'; '.join(problems)}; "
                               "run 'certus verify' for details and 'certus ledger repair' to cut a torn tail")
-        index, _ = ledger.append(data, NoteSignerAdapter(self.signer("ledger")))
-        return index, data
+        trust = self.trust()
+        seen = remembered_checkpoint(self.ws)
+        cp = ledger.checkpoint()
+        if seen is not None and seen.origin == ledger.origin and (
+                cp is None or (seen.size, seen.root_hash) != (cp.size, cp.root_hash)):
+            try:
+                ledger.witness(seen, *self.ledger_verifiers(trust, ledger.origin))
+            except (LedgerError, SignatureError) as e:
+                raise LedgerError(f"{ledger_dir(self.ws)}: not appending: the ledger is not consistent with the "
+                                  f"checkpoint this machine saw (size {seen.size}): {e}; run 'certus verify'") from e
+        idx = self.index(ledger)
+        if idx.trust_sha256 is not None and trust_digest(trust) != idx.trust_sha256:
+            raise LedgerError(f"trust.json: differs from the trust state the ledger records (ledger entry "
+                              f"{idx.trust_index}); trust changes must be signed ledger records ('certus keys "
+                              "trust' / 'certus keys revoke' with an admin key); 'certus keys sync' rewrites "
+                              "trust.json from the ledger and 'certus verify' names the difference")
+        return idx
+
+    def append(self, payload_type: str, payload: Mapping[str, Any], role: str) -> tuple[int, bytes]:
+        """Sign ``payload`` with a ``role`` key, append it to the ledger; caller holds the lock."""
+        return self.append_records([(payload_type, payload, role)])[0]
+
+    def append_records(self, records: Sequence[tuple[str, Mapping[str, Any], str]],
+                       on_commit: Callable[[list[tuple[int, bytes]]], None] | None = None
+                       ) -> list[tuple[int, bytes]]:
+        """Sign and append records under one checkpoint; returns ``(index, envelope bytes)`` for each.
+
+        The ledger's first append starts with a ``trust.genesis`` record pinning ``trust.json``.
+        Ctrl-C and SIGTERM are held back from the append to ``on_commit`` (which records what
+        was appended), so a record is never appended without the caller knowing it was.
+        """
+        from engine.trust_log import GENESIS, TRUST_TYPE, trust_payload
+
+        signed = [sign_envelope(t, canonical_bytes(dict(p)), [self.signer(role)]).to_json_bytes()
+                  for t, p, role in records]
+        with self.ledger_lock(exclusive=True):
+            ledger = self.open_ledger()
+            self.check_appendable(ledger)
+            if ledger.size == 0:
+                genesis = trust_payload(GENESIS, self.trust(), rfc3339(now_utc().timestamp()),
+                                        "the trust state this ledger starts from")
+                signed.insert(0, sign_envelope(TRUST_TYPE, canonical_bytes(genesis),
+                                               [self.signer("ledger")]).to_json_bytes())
+            skip = len(signed) - len(records)
+            note_signer = NoteSignerAdapter(self.signer("ledger"), name=ledger.origin)
+            with held_signals():
+                first, cp = ledger.append_many(signed, note_signer)
+                done = [(first + i, data) for i, data in enumerate(signed)][skip:]
+                remember_checkpoint(self.ws, cp)
+                if on_commit is not None:
+                    on_commit(done)
+            self.index(ledger)
+        return done
 
     def append_event(self, kind: str, subject: str, details: Mapping[str, Any], *, role: str | None = None) -> int:
         ev = Event(kind=kind, time=rfc3339(now_utc().timestamp()), subject=subject, details=details)
@@ -225,6 +326,37 @@ class Provenance:
         index, _ = self.append(EVENT_TYPE, ev.to_dict(), role or EVENT_ROLES.get(kind, "trainer"))
         self._write_head(previous, index + 1)
         return index
+
+    def change_trust(self, new: TrustStore) -> int | None:
+        """Make ``new`` the workspace's trust state: a ledger record signed by an admin key, then trust.json.
+
+        Before the ledger exists, trust.json is edited alone (the first append pins it); after,
+        the change is a ``trust.changed`` record signed by a key the current state grants
+        ``admin``. Returns the record's ledger index (None before the ledger exists).
+        """
+        from engine.trust_log import CHANGED, TRUST_TYPE, describe_change, trust_payload
+
+        index = None
+        ledger = self.open_ledger(create=False) if os.path.isdir(ledger_dir(self.ws)) else None
+        if ledger is not None and ledger.size > 0:
+            old = self.trust()
+            summary = describe_change(old, new)
+            if not summary:
+                return None
+            payload = trust_payload(CHANGED, new, rfc3339(now_utc().timestamp()), summary)
+            previous = self.previous_run_hash()
+            index, _ = self.append(TRUST_TYPE, payload, "admin")
+            self._write_head(previous, index + 1)
+        self.save_trust(new)
+        return index
+
+    def trust_history(self) -> Any:
+        """The trust states the ledger records (reads every entry; for verify and sync)."""
+        from engine.trust_log import TRUST_TYPE, TrustHistory
+
+        records = [(i.index, i.payload) for i in self.items()
+                   if i.envelope is not None and i.envelope.payload_type == TRUST_TYPE and i.payload]
+        return TrustHistory.from_records(records)
 
     def items(self) -> Iterator[LedgerItem]:
         """Every committed ledger entry, decoded as far as it decodes."""
@@ -292,15 +424,17 @@ class Provenance:
             out[stage] = line
         return out
 
-    def record_run(self, rep: Any, result: Any, git: Mapping[str, Any]) -> RunRecord:
+    def record_run(self, rep: Any, result: Any, git: Mapping[str, Any],
+                   on_commit: Callable[[RunRecord], None] | None = None) -> RunRecord:
         """Attest every executed/restored stage, sign the run record, append it to the ledger."""
         signer = self.signer("trainer")
+        index = self.index()
         env_common = {k: v for k, v in (("PYTHONHASHSEED", "0"), ("TZ", "UTC"), ("LC_ALL", "C.UTF-8"),
                                         ("SOURCE_DATE_EPOCH", rep._sde_cached()))}
         envelopes: list[tuple[str, bytes]] = []
         registry = None
         if os.path.isdir(self.ws.p(".certus", "datasets")):
-            from engine.datasets import Registry
+            from engine.datasets import Registry, manifest_path
 
             registry = Registry.load(self.ws.root)
         for name in sorted(result.outcomes):
@@ -313,16 +447,18 @@ class Provenance:
                 with open(oc.log_path, "rb") as f:
                     log_digest = sha256_hex(f.read())
             restored_from = None
-            if oc.state == "restored":
-                first = self.read_attestations(oc.first_run).get(name) if oc.first_run else None
-                restored_from = {"run_id": oc.first_run or "unknown",
-                                 "attestation": sha256_hex(first) if first else ""}
+            if oc.state == "restored":  # the ledger's attestation of these bytes, never the run cache's say-so
+                found = restore_source(index, name, oc.outs)
+                if found is None:
+                    raise LedgerError(f"stage '{name}': restored outputs have no attestation in the ledger; "
+                                      "nothing was signed; run 'certus repro' again")
+                restored_from = {"run_id": found[0], "attestation": found[2]}
             datasets = list(getattr(oc, "datasets", ()) or ())
             if registry is not None:  # deps that are registered (derived) datasets: name their manifests
                 named = {d["name"] for d in datasets}
                 for dep, digest in sorted(oc.deps.items()):
                     hit = registry.by_path_digest(dep, digest)
-                    if hit is not None and f"dataset:{hit.manifest.ref}" not in named:
+                    if hit is not None and manifest_path(hit.manifest) not in named:
                         from engine.datasets import DatasetUse
 
                         datasets.append(DatasetUse(hit.manifest.ref, hit.manifest, sha256_hex(hit.raw)).as_dependency())
@@ -365,15 +501,65 @@ class Provenance:
             merkle_root=attestation_root([e for _, e in envelopes]), previous=self.previous_run_hash(),
             failed=sorted(n for n, o in result.outcomes.items() if o.state == "failed"),
         )
-        index, data = self.append(RUN_TYPE, record.to_dict(), "trainer")
-        self._write_head(sha256_hex(data), index + 1)
+        def committed(done: list[tuple[int, bytes]]) -> None:
+            (at, data), = done
+            self._write_head(sha256_hex(data), at + 1)
+            if on_commit is not None:
+                on_commit(record)
+
+        self.append_records([(RUN_TYPE, record.to_dict(), "trainer")], on_commit=committed)
         return record
+
+
+def restore_source(index: Any, stage: str, outs: Mapping[str, Mapping[str, Any]]) -> list[str] | None:
+    """``[run id, stage, attestation sha256]`` of a ledger attestation of exactly these outputs by
+    this stage, or None: a run-cache restore is signed only when the ledger already vouches for it."""
+    found = None
+    for path, out in sorted(outs.items()):
+        hit = index.attestation_of(path, out.get("digest"))
+        if hit is None or hit[1] != stage or (found is not None and hit[0] != found[0]):
+            return None
+        found = hit
+    return found
 
 
 def witness_path(ws: Workspace) -> Path:
     """Where this verifier remembers the last checkpoint it saw for this workspace's ledger."""
     tag = hashlib.sha256(os.path.realpath(ws.root).encode()).hexdigest()[:24]
     return Path(certus_home()) / "witness" / f"{tag}.json"
+
+
+def remembered_checkpoint(ws: Workspace) -> Any:
+    """The checkpoint this machine last saw (verified or appended) for the workspace, or None."""
+    from engine.note import Checkpoint
+
+    try:
+        w = json.loads(witness_path(ws).read_text())
+        return Checkpoint(origin=w["origin"], size=int(w["size"]), root_hash=bytes.fromhex(w["root"]))
+    except (OSError, ValueError, KeyError, TypeError, EngineError):
+        return None
+
+
+def remember_checkpoint(ws: Workspace, cp: Any) -> None:
+    """Advance the remembered checkpoint: every append and every clean verify on this machine does."""
+    path = witness_path(ws)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    seen = {"origin": cp.origin, "size": cp.size, "root": cp.root_hash.hex(), "workspace": os.path.realpath(ws.root)}
+    atomic_write(str(path), json.dumps(seen).encode())
+
+
+@contextlib.contextmanager
+def held_signals() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back (delivered on exit) so a commit and its bookkeeping stay together."""
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    except (ValueError, OSError):  # not the main thread's business here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def python_info() -> str:

@@ -20,28 +20,57 @@ class ProvenanceRepro(Repro):
 
         self.prov = Provenance(ws, key=key)
         self.record: Any = None
+        self._derived_done = False
+        self._unattested: set[str] = set()
+        self._index: Any = None
+
+    def _committed(self, record: Any) -> None:
+        self.record = record
 
     def run(self) -> ReproResult:
-        # fail before any stage runs if the run could not be signed
+        # fail before any stage runs if the run could not be signed, or would extend a ledger that
+        # verify would reject (damaged, rolled back, trust.json edited outside the ledger)
         from engine.errors import LedgerError
-        from engine.provenance import git_state, ledger_dir
+        from engine.provenance import git_state
 
         self.prov.signer("trainer")
         self.prov.signer("ledger")
-        status = self.prov.open_ledger().status()
-        if not status.ok:
-            problems = [str(t) for t in status.torn_tails] + list(status.damage)
-            raise LedgerError(f"{ledger_dir(self.ws)}: {'; '.join(problems)}; nothing was run: run 'certus verify' "
-                              "for details and 'certus ledger repair' to cut a torn tail")
+        with self.prov.ledger_lock(exclusive=False):
+            try:
+                self._index = self.prov.check_appendable(self.prov.open_ledger())
+            except LedgerError as e:
+                raise LedgerError(f"{e}; nothing was run") from e
+        # outputs certus.lock records that no attestation in the ledger covers (a run killed before
+        # its record was signed): run them again rather than call them up to date
+        self._unattested = {n for n in self.plan_names() if (entry := self.lock.get(n)) is not None
+                            and entry.outs and not self._index.attested(entry.outs)}
         self._git = git_state(self.ws.root)
         return super().run()
+
+    def _ledger_index(self) -> Any:
+        return self._index
+
+    def _extra_reasons(self, stage: str) -> tuple[str, ...]:
+        if stage in self._unattested:
+            return ("its outputs in certus.lock are not attested in the ledger (an earlier run ended before "
+                    "its record was signed)",)
+        return ()
+
+    def _restorable(self, st: Any, outs: dict[str, dict[str, Any]]) -> bool:
+        from engine.provenance import restore_source
+
+        return restore_source(self._index, st.name, outs) is not None
 
     def _refused(self, stage: str, ref: str, why: str) -> None:
         self.prov.append_event("dataset.refused", ref, {"stage": stage, "reason": why, "run_id": self.run_id})
 
     def _after(self, result: ReproResult) -> None:
-        self._register_derived(result)
-        self.record = self.prov.record_run(self, result, self._git)
+        if self.record is not None:  # recorded already: a Ctrl-C after the append must not record it twice
+            return
+        if not self._derived_done:
+            self._derived_done = True
+            self._register_derived(result)
+        self.prov.record_run(self, result, self._git, on_commit=self._committed)
         self.err.write(f"[certus] signed run record {result.run_id} ({len(self.record.attestations)} "
                        f"attestation(s), merkle root {self.record.merkle_root[:16]}…) appended to the ledger\n")
 
@@ -60,10 +89,10 @@ class ProvenanceRepro(Repro):
         for name, oc in todo:
             st = self.spec[name]
             parents = []
-            for d in oc.datasets:  # consumed datasets
-                ident = d["uri"].rsplit("@", 1)[-1]
-                parents += [e for e in reg.entries.get(d["uri"].split("/", 1)[1].rsplit("@", 1)[0], [])
-                            if e.manifest.id == ident]
+            for d in oc.datasets:  # consumed datasets, named by their manifests
+                parent = reg.resolve(d["annotations"]["dataset"])
+                if parent not in parents:
+                    parents.append(parent)
             for dep, digest in oc.deps.items():  # derived datasets upstream
                 hit = reg.by_path_digest(dep, digest)
                 if hit is not None and hit not in parents:

@@ -15,6 +15,7 @@ the cache or the lock, so the next ``repro`` re-runs exactly what did not finish
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import heapq
 import json
 import os
@@ -406,7 +407,8 @@ class Repro:
             try:
                 entry = reg.resolve(ref)
                 e = self.hasher.hash_path(entry.manifest.path)
-                use = check_use(reg, ref, stage, self.config, str(e.digest) if e else None, trust)
+                use = check_use(reg, ref, stage, self.config, str(e.digest) if e else None, trust,
+                                ledger_index=self._ledger_index())
                 uses.setdefault(stage, []).append(use)
                 # a stage that will run consumes the data now: its schema is checked before anything runs
                 if self.opts.force or evaluate(self.spec[stage], self.hasher, self.lock).reasons:
@@ -454,6 +456,18 @@ class Repro:
     def _after(self, result: ReproResult) -> None:
         """Hook for what follows a run (provenance); the base run does nothing more."""
 
+    def _ledger_index(self) -> Any:
+        """Hook: the ledger index that dataset checks consult (provenance); None without a ledger."""
+        return None
+
+    def _extra_reasons(self, stage: str) -> tuple[str, ...]:
+        """Hook: reasons beyond the lock's to run a stage (provenance: outputs nobody attested)."""
+        return ()
+
+    def _restorable(self, st: StageSpec, outs: dict[str, dict[str, Any]]) -> bool:
+        """Hook: may these run-cache outputs be restored (provenance: only what the ledger attests)."""
+        return True
+
     def _report(self, progress: Progress, result: ReproResult, running: dict[Any, Any], event: str) -> None:
         # every decided stage is either running or settled: O(1) here, not a pass over all outcomes
         progress.show(len(result.outcomes) - len(running), len(running), progress.total - len(result.outcomes), event)
@@ -461,6 +475,9 @@ class Repro:
     def _decide_and_start(self, st: StageSpec, running: dict[Any, Any], result: ReproResult,
                           wslock: WorkspaceLock) -> str:
         ev = evaluate(st, self.hasher, self.lock)
+        extra = self._extra_reasons(st.name)
+        if extra:
+            ev = dataclasses.replace(ev, reasons=ev.reasons + extra)
         key = Digest.parse(ev.key)
         oc = StageOutcome(st.name, "pending", key=ev.key, reasons=ev.reasons,
                           deps={p: str(e.digest) for p, e in ev.deps.items() if e is not None})
@@ -482,7 +499,7 @@ class Repro:
             rec = self.runs.get(key)
             if rec and set(rec["outs"]) == set(st.all_outs) and all(
                 self.cache.complete(Digest.parse(r["digest"]), r.get("kind", "file")) for r in rec["outs"].values()
-            ):
+            ) and self._restorable(st, rec["outs"]):
                 self._restore(st, rec["outs"], ev.outs)
                 self.lock.set(st.name, lock_entry(st, key, ev.deps, {}))
                 entry = self.lock.get(st.name)

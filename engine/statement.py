@@ -2,13 +2,15 @@
 
 Field choices (https://in-toto.io/Statement/v1, https://slsa.dev/spec/v1.0/provenance):
 
-- ``subject``: the stage's outputs, ``name`` = workspace path, ``digest.sha256`` = file digest (a
-  directory output's digest is that of its canonical manifest, see :mod:`engine.hashing`).
+- ``subject``: the stage's outputs, ``name`` = workspace path, ``digest.sha256`` = file digest; a
+  directory output is digested with in-toto's ``dirHash`` (the tree digest of its files, see
+  :mod:`engine.hashing`). Workspace paths are ``name`` only: a relative path is no RFC 8089 URI.
 - ``buildDefinition.externalParameters``: what the user controls: stage, resolved ``cmd``, the
   stage's param values, pipeline path and the run's CLI overrides.
 - ``buildDefinition.internalParameters``: engine version, Python, platform, the environment the
   engine set, and the stage key.
-- ``buildDefinition.resolvedDependencies``: the deps (and dataset manifests) with digests.
+- ``buildDefinition.resolvedDependencies``: the deps with digests, and each consumed dataset's
+  signed manifest file by its workspace path and the SHA-256 of those bytes (the data itself is a dep).
 - ``runDetails``: builder id, the run id as ``invocationId``, start and finish times, and the log's
   digest as a byproduct annotated with the exit status. A stage restored from the run cache adds a
   ``restored-from`` byproduct naming the run that first produced the outputs and the digest of
@@ -22,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = ["STATEMENT_TYPE", "PROVENANCE_TYPE", "PAYLOAD_TYPE", "BUILD_TYPE", "BUILDER_ID", "stage_statement",
-           "rfc3339"]
+           "rfc3339", "subject_digests"]
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PROVENANCE_TYPE = "https://slsa.dev/provenance/v1"
@@ -37,6 +39,28 @@ def rfc3339(t: float) -> str:
 
 def _hex(digest: str) -> str:
     return digest.split(":", 1)[1] if ":" in digest else digest
+
+
+def _algorithm(out: Mapping[str, Any]) -> str:
+    """The DigestSet key for an output: ``dirHash`` (in-toto's tree digest) for directories."""
+    return "dirHash" if out.get("kind") == "dir" else "sha256"
+
+
+def subject_digests(statement: Mapping[str, Any]) -> dict[str, str]:
+    """``{name: "sha256:<hex>"}`` for a statement's subjects, as certus.lock writes digests.
+
+    A directory's ``dirHash`` is the SHA-256 of its manifest object (see :mod:`engine.hashing`),
+    so both algorithms map to the lock's ``sha256:`` form; a subject with neither is left out.
+    """
+    out: dict[str, str] = {}
+    for s in statement.get("subject") or ():
+        digest = s.get("digest") if isinstance(s, Mapping) else None
+        if not isinstance(digest, Mapping):
+            continue
+        value = digest.get("sha256", digest.get("dirHash"))
+        if isinstance(value, str) and isinstance(s.get("name"), str):
+            out[s["name"]] = "sha256:" + value
+    return out
 
 
 def stage_statement(
@@ -62,8 +86,8 @@ def stage_statement(
     restored_from: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Build the statement as a plain dict (canonical JSON is applied when it is signed)."""
-    subjects = [{"name": p, "digest": {"sha256": _hex(str(o["digest"]))}} for p, o in sorted(outs.items())]
-    resolved = [{"name": p, "uri": f"file:{p}", "digest": {"sha256": _hex(d)}} for p, d in sorted(deps.items())]
+    subjects = [{"name": p, "digest": {_algorithm(o): _hex(str(o["digest"]))}} for p, o in sorted(outs.items())]
+    resolved = [{"name": p, "digest": {"sha256": _hex(d)}} for p, d in sorted(deps.items())]
     resolved += [dict(d) for d in datasets]
     byproducts: list[dict[str, Any]] = []
     if log_digest is not None:

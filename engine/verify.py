@@ -2,19 +2,23 @@
 
 Checks, in order:
 
-1. the trust file parses;
+1. the trust file parses, and is the trust state the ledger records (its first entry pins a
+   trust genesis; later changes are admin-signed records): a silent edit is named;
 2. the ledger's structure: every frame, leaf hash, the RFC 6962 root against the signed
-   checkpoint, every historical checkpoint's signature (ledger role), torn tails;
-3. consistency with the last checkpoint this verifier saw (kept under ``$CERTUS_HOME/witness``,
-   outside the workspace, like Go's checksum-database client), so a truncated, rewritten or
-   forked history is caught even when re-signed; the remembered checkpoint then advances;
-4. every entry: a known DSSE payloadType, each signature by a key the trust file grants the
-   role that payload needs, valid (not expired, not revoked) at the record's time;
-5. run records: the previous-record hash chain; each attestation's presence, digest, DSSE
-   signature, payloadType, and that its statement is for this stage of this run with exactly
-   the outputs the record lists (a replayed attestation fails here); the Merkle root over the
-   attestations and each attestation's inclusion proof;
-6. with ``--artifacts``: workspace outputs re-hashed (no stat cache) against ``certus.lock`` and
+   checkpoint, every historical checkpoint's signature (a key that held the ledger role), torn tails;
+3. consistency with the last checkpoint this machine saw (kept under ``$CERTUS_HOME/witness``,
+   outside the workspace; every append and clean verify here advances it), so a truncated,
+   rewritten or forked history is caught even when re-signed; with nothing remembered it says so;
+4. every entry: a known payloadType, each signature by a key that the trust state *at that
+   entry's position* grants the role the record's kind needs (verify_runs); claimed times that
+   run backwards along the ledger;
+5. run records: the previous-record hash chain; each attestation's presence, digest, signature,
+   and that its statement is for this stage of this run with exactly the recorded outputs; the
+   command and params re-derived from the committed spec and recorded config (rederive); the
+   Merkle root and inclusion proofs; each restored-from naming a real ledger attestation;
+6. datasets (verify_datasets): the role matrix for manifests and approvals; every output
+   ``certus.lock`` records is attested by some run;
+7. with ``--artifacts``: workspace outputs re-hashed (no stat cache) against ``certus.lock`` and
    the attestations, and every attested cache object re-hashed.
 """
 
@@ -22,178 +26,72 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 from engine import merkle
-from engine.dsse import Envelope, verify_envelope
 from engine.errors import EngineError, SignatureError
-from engine.records import EVENT_ROLES, EVENT_TYPE, RUN_TYPE
-from engine.statement import PAYLOAD_TYPE, PROVENANCE_TYPE, STATEMENT_TYPE
 from engine.trust import TrustStore
+from engine.trust_log import CLOCK_SKEW, TRUST_TYPE, TrustHistory
+from engine.verify_runs import Context, Report, Slice, check_entries
 from engine.workspace import Workspace
 
 __all__ = ["VerifyReport", "verify_workspace"]
 
 PROGRESS_FROM = 1000  # ledger entries from which verify says what it is doing (it takes seconds)
+VerifyReport = Report
 
 
-@dataclass
-class VerifyReport:
-    checked: dict[str, int] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+class _FileTrust:
+    """Judges against trust.json alone: only for a ledger that has not pinned a trust state."""
 
-    def count(self, what: str, n: int = 1) -> None:
-        self.checked[what] = self.checked.get(what, 0) + n
+    def __init__(self, store: TrustStore) -> None:
+        self.store = store
 
-    def fail(self, msg: str) -> None:
-        self.failures.append(msg)
-
-    def merge(self, other: VerifyReport) -> None:
-        for k, n in other.checked.items():
-            self.count(k, n)
-        self.failures.extend(other.failures)
-        self.notes.extend(other.notes)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "checked": dict(sorted(self.checked.items())), "failures": self.failures,
-                "notes": self.notes}
+    def check(self, keyid: str, role: str, at: datetime, index: int) -> Any:
+        return self.store.check(keyid, role, at)
 
 
-def _parse_time(text: str) -> datetime:
-    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+def _trust_history(raws: list[bytes]) -> TrustHistory:
+    """Replay the ledger's trust records (found without decoding the other entries)."""
+    from engine.dsse import Envelope
 
-
-def _ledger_verifiers(trust: TrustStore) -> list[Any]:
-    from engine.note import Verifier
-
-    out = []
-    for entry in trust.entries:
-        if "ledger" in entry.roles:
-            out.append(Verifier(name=entry.name, public_key=entry.public_key.raw))
-    return out
-
-
-def _check_signatures(env: Envelope, trust: TrustStore, role: str, at: datetime, where: str,
-                      report: VerifyReport) -> bool:
-    """Check every signature; False when a signer is not trusted for ``role`` at ``at``."""
-    trusted = True
-    for sig in env.signatures:
-        try:
-            pub = trust.check(sig.keyid, role, at)
-        except SignatureError as e:
-            report.fail(f"{where}: signature keyid {sig.keyid[:16]}…: {e}")
-            trusted = False
+    marker = TRUST_TYPE.encode()
+    records = []
+    for i, raw in enumerate(raws):
+        if marker not in raw:
             continue
-        one = env if len(env.signatures) == 1 else Envelope(env.payload_type, env.payload, (sig,))
-        try:
-            verify_envelope(one, {sig.keyid: pub}, env.payload_type)
-            report.count("signatures")
-        except SignatureError as e:
-            report.fail(f"{where}: signature keyid {sig.keyid[:16]}…: {e}")
-    return trusted
-
-
-@dataclass
-class _Slice:
-    """What one contiguous slice of ledger entries contributes (built in a worker process)."""
-
-    report: VerifyReport = field(default_factory=VerifyReport)
-    runs: list[tuple[int, str, Any, str, str]] = field(default_factory=list)  # index, where, previous, own, id
-    logged: dict[str, set[str]] = field(default_factory=dict)  # dataset event digests
-    latest_outs: dict[str, tuple[str, str]] = field(default_factory=dict)
-    attested: list[tuple[str, str, str]] = field(default_factory=list)
-    times: dict[int, datetime] = field(default_factory=dict)  # entry index -> the time it was signed at
-
-    @classmethod
-    def concat(cls, parts: list[_Slice]) -> _Slice:
-        """The slices of consecutive entries as one, in entry order."""
-        out = cls()
-        for part in parts:
-            out.report.merge(part.report)
-            out.runs.extend(part.runs)
-            for k, v in part.logged.items():
-                out.logged.setdefault(k, set()).update(v)
-            out.latest_outs.update(part.latest_outs)
-            out.attested.extend(part.attested)
-            out.times.update(part.times)
-        return out
-
-
-@dataclass(frozen=True)
-class _Context:
-    prov: Any
-    trust: TrustStore
-    run: str | None
-
-
-def _check_entries(ctx: _Context, part: Sequence[tuple[int, bytes]]) -> _Slice:
-    from engine.provenance import sha256_hex
-
-    out = _Slice()
-    report = out.report
-    for index, raw in part:
-        where = f"ledger entry {index}"
         try:
             env = Envelope.from_json_bytes(raw)
-            payload = json.loads(env.payload)
-            if not isinstance(payload, dict):
-                raise ValueError("payload is not a JSON object")
-        except (SignatureError, ValueError) as e:
-            report.fail(f"{where}: not a DSSE envelope: {e}")
-            continue
-        if env.payload_type == RUN_TYPE:
-            where += f" (run {payload.get('run_id', '?')})"
-            role, at_text = "trainer", payload.get("finished") or payload.get("started", "")
-        elif env.payload_type == EVENT_TYPE:
-            where += f" (event {payload.get('kind', '?')} {payload.get('subject', '')})"
-            role, at_text = EVENT_ROLES.get(payload.get("kind", ""), "trainer"), payload.get("time", "")
-            details = payload.get("details") or {}
-            for k in ("manifest_sha256", "approval_sha256"):
-                if isinstance(details, dict) and details.get(k):
-                    out.logged.setdefault(k, set()).add(str(details[k]))
-        else:
-            report.fail(f"{where}: unknown payloadType '{env.payload_type}'; expected {RUN_TYPE} or {EVENT_TYPE}")
-            continue
-        try:
-            at = _parse_time(str(at_text))
-        except ValueError:
-            report.fail(f"{where}: unreadable time '{at_text}'")
-            continue
-        _check_signatures(env, ctx.trust, role, at, where, report)
-        out.times[index] = at
-        report.count("records")
-        if env.payload_type != RUN_TYPE:
-            continue
-        run_id = str(payload.get("run_id", "?"))
-        out.runs.append((index, where, payload.get("previous"), sha256_hex(raw), run_id))
-        if ctx.run is not None and run_id != ctx.run:
-            continue
-        _verify_run(ctx.prov, payload, ctx.trust, at, where, report, out.latest_outs, out.attested)
+            if env.payload_type == TRUST_TYPE:
+                payload = json.loads(env.payload)
+                if isinstance(payload, dict):
+                    records.append((i, payload))
+        except (SignatureError, ValueError):
+            continue  # reported by the entry checks
+    return TrustHistory.from_records(records)
+
+
+def _verifiers(history: TrustHistory, trust: TrustStore, origin: str) -> list[Any]:
+    """Note verifiers for every key that ever held the ledger role (by origin and by key name)."""
+    from engine.note import Verifier
+
+    keys = history.ever("ledger") if history.pinned else [e for e in trust.entries if "ledger" in e.roles]
+    out = []
+    for e in keys:
+        out.append(Verifier(name=origin, public_key=e.public_key.raw))
+        if e.name != origin:
+            out.append(Verifier(name=e.name, public_key=e.public_key.raw))
     return out
 
 
 def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool = False,
-                     update_witness: bool = True, progress: Callable[[str], None] | None = None) -> VerifyReport:
+                     update_witness: bool = True, progress: Callable[[str], None] | None = None) -> Report:
     """Check everything (see the module docstring); ``progress`` hears of each long phase."""
-    from engine.ledger import Ledger
-    from engine.parallel import background, cpu_count, fork_map
+    from engine.provenance import Provenance, ledger_dir
 
-    def say(msg: str) -> None:  # only where the wait is long enough to wonder about
-        if progress is not None and len(raws) >= PROGRESS_FROM:
-            progress(msg)
-
-    from engine.provenance import Provenance, ledger_dir, witness_path
-
-    report = VerifyReport()
+    report = Report()
     prov = Provenance(ws)
     try:
         trust = prov.trust()
@@ -201,17 +99,49 @@ def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool =
     except EngineError as e:
         report.fail(str(e))
         return report
-    verifiers = _ledger_verifiers(trust)
     ldir = ledger_dir(ws)
     if not os.path.isdir(ldir):
         report.fail(f"{os.path.relpath(ldir, ws.root)}: no ledger; run 'certus repro' with a trust file first")
         return report
+    with prov.ledger_lock(exclusive=False):  # a consistent snapshot: no append half seen
+        _verify_ledger(ws, prov, trust, ldir, report, run=run, artifacts=artifacts,
+                       update_witness=update_witness, progress=progress)
+    return report
+
+
+def _verify_ledger(ws: Workspace, prov: Any, trust: TrustStore, ldir: str, report: Report, *, run: str | None,
+                   artifacts: bool, update_witness: bool, progress: Callable[[str], None] | None) -> None:
+    from engine.ledger import Ledger
+    from engine.parallel import background, cpu_count, fork_map
+    from engine.provenance import remember_checkpoint, witness_path
+    from engine.rederive import SpecSource
+
+    def say(msg: str) -> None:  # only where the wait is long enough to wonder about
+        if progress is not None and len(raws) >= PROGRESS_FROM:
+            progress(msg)
+
     try:
         ledger = Ledger.open(ldir, origin=prov._origin(), create=False)
     except EngineError as e:
         report.fail(str(e))
-        return report
+        return
     rel = os.path.relpath(ldir, ws.root)
+    raws: list[bytes] = []
+    try:
+        raws.extend(ledger.entries())
+    except EngineError as e:  # a damaged ledger: check what still reads, and say where reading stopped
+        report.fail(f"{rel}: entries unreadable past entry {len(raws)}: {e}".replace(ldir, rel))
+    history = _trust_history(raws)
+    for problem in history.problems:
+        report.fail(problem)
+    if raws and not history.pinned:
+        report.fail("ledger entry 0: not a trust genesis record: the ledger does not pin the trust state it "
+                    "started from, so no signature in it can be judged by its position")
+    judge: Any = history if history.pinned else _FileTrust(trust)
+    if history.pinned and (why := history.diff_file(trust)):
+        report.fail(why)
+    verifiers = _verifiers(history, trust, ledger.origin)
+
     # The structure audit (every frame and historical checkpoint) runs in a child process while
     # this one checks the entries' signatures, records and attestations.
     def audit() -> tuple[list[str], list[Any]]:
@@ -219,15 +149,10 @@ def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool =
 
     structure_job = background(audit)
     try:
-        raws: list[bytes] = []
-        try:
-            raws.extend(ledger.entries())
-        except EngineError as e:  # a damaged ledger: check what still reads, and say where reading stopped
-            report.fail(f"{rel}: entries unreadable past entry {len(raws)}: {e}".replace(ldir, rel))
         say(f"checking {len(raws):,} ledger entries (signatures, run records, attestations) and every "
             f"checkpoint, on {cpu_count()} core(s)")
-        ctx = _Context(prov, trust, run)
-        slices = fork_map(lambda part: _check_entries(ctx, part), list(enumerate(raws)))
+        ctx = Context(prov, judge, run, SpecSource(ws.root))
+        slices = fork_map(lambda part: check_entries(ctx, part), list(enumerate(raws)))
         structure, checkpoint_signers = structure_job.result()
     finally:
         structure_job.cancel()
@@ -238,43 +163,92 @@ def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool =
 
     current = _check_witness(ledger, witness_path(ws), verifiers, rel, report)
 
-    entries = _Slice.concat(slices)
+    entries = Slice.concat(slices)
     report.merge(entries.report)
-    previous_run: str | None = None
+    _check_chain(entries, run, report)
+    _check_times(entries.times, report)
     proven = {len(raws) - 1} if raws else set()
-    for index, where, claimed, own, run_id in entries.runs:
-        if claimed != previous_run:
-            report.fail(f"{where}: previous-record hash {str(claimed)[:16]}… does not match the "
-                        f"preceding run record ({str(previous_run)[:16]}…): the chain of runs is broken")
-        else:
-            report.count("run chain links")
-        previous_run = own
-        if run_id == run:
-            proven.add(index)
+    proven |= {index for index, _, _, _, run_id in entries.runs if run_id == run}
     if not structure:
         _check_inclusion(ledger, raws, sorted(proven), report)
-    _check_checkpoint_keys(trust, checkpoint_signers, entries.times, report, ldir, rel)
-
+    _check_checkpoint_keys(judge, history, trust, ledger.origin, checkpoint_signers, entries.times, report,
+                           ldir, rel)
+    _check_restores(entries, report)
     if run is None:
-        _verify_datasets(ws, trust, entries.logged, report)
+        from engine.verify_datasets import verify_datasets
+
+        verify_datasets(ws, judge, entries, max(len(raws) - 1, 0), report)
+        _check_lock_attested(ws, entries, report)
     if run is not None and run not in {r[4] for r in entries.runs}:
         report.fail(f"run '{run}': not in the ledger; see 'certus log'")
     if artifacts:
         say("re-hashing workspace outputs and attested cache objects")
         _verify_artifacts(ws, entries.latest_outs, entries.attested, report)
     if update_witness and report.ok and current is not None:
-        from engine.fsutil import atomic_write
-
-        wpath = witness_path(ws)
-        wpath.parent.mkdir(parents=True, exist_ok=True)
-        seen_now = {"origin": current.origin, "size": current.size, "root": current.root_hash.hex(),
-                    "workspace": os.path.realpath(ws.root)}
-        atomic_write(str(wpath), json.dumps(seen_now).encode())
-    return report
+        remember_checkpoint(ws, current)
 
 
-def _check_witness(ledger: Any, wpath: Any, verifiers: list[Any], rel: str, report: VerifyReport) -> Any:
-    """The ledger must extend the last checkpoint this verifier saw; returns the checkpoint to remember."""
+def _check_chain(entries: Slice, run: str | None, report: Report) -> None:
+    previous_run: str | None = None
+    for _, where, claimed, own, _ in entries.runs:
+        if claimed != previous_run:
+            report.fail(f"{where}: previous-record hash {str(claimed)[:16]}… does not match the "
+                        f"preceding run record ({str(previous_run)[:16]}…): the chain of runs is broken")
+        else:
+            report.count("run chain links")
+        previous_run = own
+
+
+def _check_times(times: dict[int, datetime], report: Report) -> None:
+    """The ledger's order is the clock: claimed times may not run backwards along it (beyond the skew)."""
+    latest: tuple[int, datetime] | None = None
+    for index in sorted(times):
+        at = times[index]
+        if latest is not None and at < latest[1] - CLOCK_SKEW:
+            report.fail(f"ledger entry {index}: claims time {at.isoformat()}, before ledger entry {latest[0]}'s "
+                        f"{latest[1].isoformat()} by more than {int(CLOCK_SKEW.total_seconds())} s: times must "
+                        "not go backwards along the ledger (a backdated record?)")
+        if latest is None or at > latest[1]:
+            latest = (index, at)
+    if times:
+        report.count("time order")
+
+
+def _check_restores(entries: Slice, report: Report) -> None:
+    """Each restored-from must name a ledger attestation, by that run, of the same outputs."""
+    for where, _stage, subjects, ref_run, ref_sha in entries.restores:
+        hit = entries.attestations.get(ref_sha)
+        if hit is None or hit[0] != ref_run:
+            report.fail(f"{where}: restored-from names run '{ref_run}' attestation {ref_sha[:16]}…, which no "
+                        "run record in the ledger lists")
+        elif any(hit[2].get(p) != d for p, d in subjects.items()):
+            report.fail(f"{where}: restored-from attestation {ref_sha[:16]}… (run '{ref_run}') does not attest "
+                        "the restored outputs")
+        else:
+            report.count("restores traced")
+
+
+def _check_lock_attested(ws: Workspace, entries: Slice, report: Report) -> None:
+    """Every output certus.lock records must be covered by an attestation in the ledger."""
+    from engine.lockfile import LockFile
+
+    try:
+        lock = LockFile.load(ws.lock_path)
+    except EngineError as e:
+        report.fail(str(e))
+        return
+    attested = {(p, d) for p, d, _ in entries.attested}
+    for name, entry in sorted(lock.stages.items()):
+        for path, rec in sorted(entry.outs.items()):
+            if (path, rec.get("digest")) not in attested:
+                report.fail(f"certus.lock: stage '{name}': output {path} ({str(rec.get('digest'))[:23]}…) is "
+                            "not attested by any run in the ledger; run 'certus repro' to attest or re-run it")
+            else:
+                report.count("lock outputs attested")
+
+
+def _check_witness(ledger: Any, wpath: Any, verifiers: list[Any], rel: str, report: Report) -> Any:
+    """The ledger must extend the last checkpoint this machine saw; returns the checkpoint to remember."""
     from engine.note import Checkpoint
 
     seen = None
@@ -282,9 +256,13 @@ def _check_witness(ledger: Any, wpath: Any, verifiers: list[Any], rel: str, repo
         try:
             w = json.loads(wpath.read_text())
             seen = Checkpoint(origin=w["origin"], size=int(w["size"]), root_hash=bytes.fromhex(w["root"]))
-        except (ValueError, KeyError, EngineError) as e:
+        except (ValueError, KeyError, TypeError, EngineError) as e:
             report.notes.append(f"{wpath}: unreadable remembered checkpoint ({e}); starting afresh")
     if seen is None:
+        report.notes.append(
+            f"{rel}: this machine remembers no earlier checkpoint of this ledger, so a rollback or rewritten "
+            "history could NOT be checked this time; the current one is remembered from now on (compare it with "
+            "another party's: 'certus ledger checkpoint --witness FILE')")
         return ledger.checkpoint()
     try:
         current = ledger.witness(seen, *verifiers)
@@ -296,34 +274,36 @@ def _check_witness(ledger: Any, wpath: Any, verifiers: list[Any], rel: str, repo
         return None
 
 
-def _check_checkpoint_keys(trust: TrustStore, signers: list[Any], times: dict[int, datetime],
-                           report: VerifyReport, ldir: str, rel: str) -> None:
-    """Each checkpoint's ledger key must be valid (window, revocation) when the checkpoint was made.
+def _check_checkpoint_keys(judge: Any, history: TrustHistory, trust: TrustStore, origin: str, signers: list[Any],
+                           times: dict[int, datetime], report: Report, ldir: str, rel: str) -> None:
+    """Each checkpoint's ledger key must be trusted for ``ledger`` when the checkpoint was made.
 
     A checkpoint carries no time of its own; it is made as its last entry is appended, so it is
-    judged at that entry's signed time (a checkpoint over an unreadable entry is already a failure).
+    judged at that entry's position and signed time (a checkpoint over an unreadable entry is
+    already a failure). Signature names are the origin (C2SP) or, in older checkpoints, the key's.
     """
     from engine.note import key_id
 
-    bounded = {(e.name, key_id(e.name, e.public_key.raw)): e for e in trust.entries
-               if "ledger" in e.roles and (e.revoked or e.not_before or e.not_after)}
-    if not bounded:
-        return
+    keys = history.ever("ledger") if history.pinned else [e for e in trust.entries if "ledger" in e.roles]
+    by_id = {}
+    for e in keys:
+        by_id[(origin, key_id(origin, e.public_key.raw))] = e
+        by_id[(e.name, key_id(e.name, e.public_key.raw))] = e
     for where, size, sigs in signers:
         at = times.get(size - 1)
         if at is None:
             continue
         for name, kid in sigs:
-            entry = bounded.get((name, kid))
+            entry = by_id.get((name, kid))
             if entry is None:
                 continue
             try:
-                trust.check(entry.keyid, "ledger", at)
+                judge.check(entry.keyid, "ledger", at, size - 1)
             except SignatureError as e:
-                report.fail(f"{where.replace(ldir, rel)}: checkpoint of size {size} signed by '{name}': {e}")
+                report.fail(f"{where.replace(ldir, rel)}: checkpoint of size {size} signed by '{entry.name}': {e}")
 
 
-def _check_inclusion(ledger: Any, raws: list[bytes], indices: list[int], report: VerifyReport) -> None:
+def _check_inclusion(ledger: Any, raws: list[bytes], indices: list[int], report: Report) -> None:
     """RFC 9162 audit paths against the signed checkpoint for the newest entry and a requested run.
 
     The structure audit's root recomputed from every leaf already proves every entry's inclusion.
@@ -345,86 +325,8 @@ def _check_inclusion(ledger: Any, raws: list[bytes], indices: list[int], report:
             report.fail(f"ledger entry {index}: inclusion proof against the checkpoint fails: {e}")
 
 
-def _verify_run(prov: Any, rec: dict[str, Any], trust: TrustStore, at: datetime, where: str,
-                report: VerifyReport, latest_outs: dict[str, tuple[str, str]],
-                attested: list[tuple[str, str, str]]) -> None:
-    from engine.provenance import sha256_hex
-
-    run_id = rec.get("run_id", "?")
-    listed = rec.get("attestations", [])
-    try:
-        with open(prov.attestation_path(run_id), "rb") as f:
-            lines = [ln for ln in f.read().split(b"\n") if ln]
-    except FileNotFoundError:
-        lines = []
-    by_digest = {sha256_hex(ln): ln for ln in lines}
-    bundle: dict[str, bytes] | None = None  # parsed by stage only when something does not match
-    envelopes: list[bytes] = []
-    for a in listed:
-        stage = a.get("stage", "?")
-        w = f"{where}: attestation for stage '{stage}'"
-        raw = by_digest.get(str(a.get("sha256")))
-        if raw is None:
-            if bundle is None:
-                bundle = prov.read_attestations(run_id)
-            raw = bundle.get(stage)
-            if raw is None:
-                report.fail(f"{w}: missing from .certus/provenance/{run_id}.dsse.jsonl")
-                continue
-            report.fail(f"{w}: envelope digest {sha256_hex(raw)[:16]}… differs from the signed record's "
-                        f"{str(a.get('sha256'))[:16]}…")
-        envelopes.append(raw)
-        try:
-            env = Envelope.from_json_bytes(raw)
-        except SignatureError as e:
-            report.fail(f"{w}: {e}")
-            continue
-        if env.payload_type != PAYLOAD_TYPE:
-            report.fail(f"{w}: payloadType '{env.payload_type}', expected '{PAYLOAD_TYPE}'")
-            continue
-        if not _check_signatures(env, trust, "trainer", at, w, report):
-            continue
-        try:
-            stmt = json.loads(env.payload)
-            ext = stmt["predicate"]["buildDefinition"]["externalParameters"]
-            inv = stmt["predicate"]["runDetails"]["metadata"]["invocationId"]
-        except (ValueError, KeyError, TypeError) as e:
-            report.fail(f"{w}: statement unreadable ({e})")
-            continue
-        if stmt.get("_type") != STATEMENT_TYPE or stmt.get("predicateType") != PROVENANCE_TYPE:
-            report.fail(f"{w}: not an in-toto Statement v1 with SLSA Provenance v1")
-        subjects = {s["name"]: "sha256:" + s["digest"]["sha256"] for s in stmt.get("subject", [])}
-        expected = dict(rec.get("stages", {}).get(stage, {}).get("outs", {}))
-        if ext.get("stage") != stage or inv != run_id or subjects != expected:
-            report.fail(f"{w}: statement is for stage '{ext.get('stage')}' of run '{inv}' with outputs "
-                        f"{sorted(subjects)}; the record lists outputs {sorted(expected)} "
-                        "(an attestation replayed from another artifact?)")
-            continue
-        for path, digest in subjects.items():
-            latest_outs[path] = (digest, run_id)
-            attested.append((path, digest, run_id))
-        report.count("attestations")
-    extra_lines = set(by_digest) - {str(a.get("sha256")) for a in listed}
-    if bundle is None and extra_lines:
-        bundle = prov.read_attestations(run_id)
-    extra = sorted(set(bundle or {}) - {a.get("stage") for a in listed})
-    for stage in extra:
-        report.fail(f"{where}: attestation bundle holds stage '{stage}', which the signed record does not list")
-    leaves = [merkle.leaf_hash(e) for e in envelopes]
-    root = merkle.root(leaves).hex()
-    if len(envelopes) == len(listed):
-        if root != rec.get("merkle_root"):
-            report.fail(f"{where}: Merkle root over attestations {root[:16]}… differs from the record's "
-                        f"{str(rec.get('merkle_root'))[:16]}…")
-        else:
-            report.count("attestation merkle roots")
-            for i, proof in enumerate(merkle.inclusion_proofs(leaves)):
-                merkle.verify_inclusion(leaves[i], i, len(leaves), proof.hashes, bytes.fromhex(root))
-            report.count("attestation inclusion proofs", len(leaves))
-
-
 def _verify_artifacts(ws: Workspace, latest_outs: dict[str, tuple[str, str]],
-                      attested: list[tuple[str, str, str]], report: VerifyReport) -> None:
+                      attested: list[tuple[str, str, str]], report: Report) -> None:
     from engine.cache import ObjectCache
     from engine.digest import Digest
     from engine.hashing import Hasher
@@ -469,49 +371,3 @@ def _objects(cache: Any, d: Any, kind: str) -> Iterator[Any]:
         yield from cache.objects_of(d, kind)
     except EngineError:
         yield d
-
-
-def _verify_datasets(ws: Workspace, trust: TrustStore, logged: dict[str, set[str]], report: VerifyReport) -> None:
-    """Each manifest and approval: signature, role, and a matching ledger event."""
-    from engine.datasets import APPROVAL_TYPE, MANIFEST_TYPE, Registry
-    from engine.provenance import sha256_hex
-
-    try:
-        reg = Registry.load(ws.root)
-    except EngineError as e:
-        report.fail(str(e))
-        return
-    for name in reg.names():
-        for e in reg.entries[name]:
-            m = e.manifest
-            where = f"dataset {m.ref} (v{m.version}) manifest {e.path}"
-            role = "trainer" if m.produced_by else "data-steward"
-            try:
-                at = _parse_time(m.registered)
-            except ValueError:
-                report.fail(f"{where}: unreadable registration time '{m.registered}'")
-                continue
-            if e.envelope.payload_type != MANIFEST_TYPE:
-                report.fail(f"{where}: payloadType '{e.envelope.payload_type}', expected '{MANIFEST_TYPE}'")
-            else:
-                _check_signatures(e.envelope, trust, role, at, where, report)
-            if sha256_hex(e.raw) not in logged.get("manifest_sha256", set()):
-                report.fail(f"{where}: no ledger registration event carries this manifest's digest "
-                            f"({sha256_hex(e.raw)[:16]}…): it was changed or never registered")
-            report.count("dataset manifests")
-            if e.approval_envelope is not None and e.approval_raw is not None:
-                w = f"dataset {m.ref} (v{m.version}) approval"
-                try:
-                    at = _parse_time(str((e.approval or {}).get("approved_at", "")))
-                except ValueError:
-                    report.fail(f"{w}: unreadable approval time")
-                    continue
-                if e.approval_envelope.payload_type != APPROVAL_TYPE:
-                    report.fail(f"{w}: payloadType '{e.approval_envelope.payload_type}', expected '{APPROVAL_TYPE}'")
-                else:
-                    _check_signatures(e.approval_envelope, trust, "approver", at, w, report)
-                if (e.approval or {}).get("manifest_sha256") != sha256_hex(e.raw):
-                    report.fail(f"{w}: approves a different manifest than {e.path}")
-                if sha256_hex(e.approval_raw) not in logged.get("approval_sha256", set()):
-                    report.fail(f"{w}: no ledger approval event carries this approval's digest")
-                report.count("dataset approvals")
