@@ -46,45 +46,32 @@ def _read_note(path: str) -> str:
         raise EngineError(f"{path}: not a signed checkpoint note (not UTF-8)") from e
 
 
-def _remembered(ws: Any) -> Any:
-    """The checkpoint this machine last remembered for the workspace (verify's witness file), or None."""
-    from engine.note import Checkpoint
-    from engine.provenance import witness_path
-
-    path = witness_path(ws)
-    if not path.exists():
-        return None
-    try:
-        w = json.loads(path.read_text())
-        return Checkpoint(origin=w["origin"], size=int(w["size"]), root_hash=bytes.fromhex(w["root"]))
-    except (OSError, ValueError, KeyError, TypeError, EngineError) as e:
-        raise LedgerError(f"{path}: unreadable remembered checkpoint ({e}); run 'certus verify' first") from e
-
-
-def _remember(ws: Any, cp: Any) -> None:
-    from engine.fsutil import atomic_write
-    from engine.provenance import witness_path
-
-    path = witness_path(ws)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    seen = {"origin": cp.origin, "size": cp.size, "root": cp.root_hash.hex(), "workspace": os.path.realpath(ws.root)}
-    atomic_write(str(path), json.dumps(seen).encode())
+def _trust(prov: Any) -> Any:
+    """The trust state the ledger records (``trust.json`` must be it): what judges every signature here."""
+    trust = prov.trust()
+    history = prov.trust_history()
+    if history.problems:
+        raise LedgerError(f"our ledger's trust records are damaged: {history.problems[0]}; run 'certus verify'")
+    why = history.diff_file(trust)
+    if why:
+        raise LedgerError(f"trust.json: {why}; run 'certus verify' (or 'certus keys sync')")
+    return history.latest if history.pinned else trust
 
 
 def _cosign(prov: Any, ledger: Any, note_text: str, key_hint: str | None) -> str:
     """Check our ledger end to end and against what this machine remembers, then cosign ``note_text``."""
     from engine.cosignature import cosign
     from engine.note import Checkpoint
-    from engine.provenance import NoteSignerAdapter
+    from engine.provenance import NoteSignerAdapter, remember_checkpoint, remembered_checkpoint
     from engine.witness import describe, ledger_verifiers
 
     key = prov.signer("witness", key_hint)  # refuses a key the trust file does not grant 'witness'
-    verifiers = ledger_verifiers(prov.trust(), ledger.origin)
+    verifiers = ledger_verifiers(_trust(prov), ledger.origin)
     problems = ledger.verify_structure(*verifiers)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise LedgerError(f"not cosigning: the ledger is unsound: {problems[0]}{more}; run 'certus verify'")
-    seen = _remembered(prov.ws)
+    seen = remembered_checkpoint(prov.ws)
     try:
         current = ledger.witness(seen, *verifiers) if seen is not None else None
     except EngineError as e:
@@ -94,7 +81,7 @@ def _cosign(prov: Any, ledger: Any, note_text: str, key_hint: str | None) -> str
         print(f"note: nothing remembered on this machine to check a rollback against; remembering "
               f"{describe(current)} from now on", file=sys.stderr)
     if seen is None or current.size > seen.size:
-        _remember(prov.ws, current)
+        remember_checkpoint(prov.ws, current)
     return cosign(note_text, NoteSignerAdapter(key), int(time.time())).to_text()
 
 
@@ -104,7 +91,7 @@ def _witness(args: argparse.Namespace, prov: Any, ledger: Any) -> int:
     _sound(ledger)
     ours = _current(ledger)
     text = _read_note(args.witness)
-    result = compare_note(text, ours, lambda: ledger.leaf_hashes(ours.size), prov.trust())
+    result = compare_note(text, ours, lambda: ledger.leaf_hashes(ours.size), _trust(prov))
     if args.cosign:
         if result.theirs.size != ours.size:
             raise LedgerError(f"not cosigning: their size {result.theirs.size} is smaller than ours ({ours.size}); "
@@ -128,7 +115,7 @@ def _emit(args: argparse.Namespace, prov: Any, text: str) -> None:
     if args.json:
         from engine.witness import trusted_cosignatures
 
-        cosigs = trusted_cosignatures(note, prov.trust()) if prov.enabled else ()
+        cosigs = trusted_cosignatures(note, _trust(prov)) if prov.enabled else ()
         print(json.dumps({"origin": cp.origin, "size": cp.size, "root": base64.b64encode(cp.root_hash).decode("ascii"),
                           "note": text, "cosignatures": [c.to_dict() for c in cosigs]}, indent=2))
     elif args.export:

@@ -14,14 +14,13 @@ import json
 import os
 import shutil
 import subprocess
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 from conftest import BIN, DIAMOND, DIAMOND_CONF, STEP, SeedSigner, Workspace
 
 from engine import merkle
-from engine.adapters.keys import load_signer
+from engine.adapters.keys import load_public_key, load_signer
 from engine.cli import main
 from engine.cosignature import (
     Cosignature,
@@ -197,7 +196,7 @@ def _ok(root: Path, *args: str) -> None:
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """base/ws: 3 signed runs; base/behind: the same after 2; base/fork: 2 runs and a different 3rd.
 
-    alice holds trainer + ledger, wit the witness role, mallory is generated but never trusted.
+    alice holds trainer + ledger + admin, wit the witness role, mallory is generated but never trusted.
     """
     base = tmp_path_factory.mktemp("witness")
     with pytest.MonkeyPatch.context() as mp:
@@ -212,7 +211,8 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         subprocess.run(["git", "init", "-q"], cwd=w.root, check=True)
         for name, role in (("alice", "trainer"), ("wit", "witness"), ("mallory", "ledger")):
             _ok(w.root, "keys", "generate", "--name", name, "--role", role)
-        _ok(w.root, "keys", "trust", str(base / "home/keys/alice.pub"), "--role", "trainer", "--role", "ledger")
+        _ok(w.root, "keys", "trust", str(base / "home/keys/alice.pub"), "--role", "trainer", "--role", "ledger",
+            "--role", "admin")
         _ok(w.root, "keys", "trust", str(base / "home/keys/wit.pub"), "--role", "witness")
         w.commit("diamond, trusting alice and wit")
         _ok(w.root, "repro")
@@ -397,14 +397,22 @@ def test_cosign_refuses_a_damaged_ledger(site: Site) -> None:
 @pytest.mark.integration
 def test_revoked_keys(site: Site) -> None:
     path = site.export("ws", "--cosign", "--key", "wit")
-    trust_file = site.base / "copy/trust.json"
-
-    def revoke(name: str, at: datetime) -> None:  # the trust file as the copy's owner sees it
-        trust_file.write_text(TrustStore.from_json(trust_file.read_text()).revoke(name, at, "lost").to_json())
-
-    revoke("wit", datetime(2000, 1, 1, tzinfo=timezone.utc))
+    # trust changes are admin-signed ledger records in the copy (which only makes it longer)
+    assert site.run("copy", "keys", "revoke", "wit", "--reason", "lost", "--at", "2000-01-01T00:00:00Z")[0] == 0
     rc, text = site.witness("copy", path)  # cosigned long after wit's revocation
-    assert rc != 0 and "cosignature by 'wit'" in text and "revoked" in text
-    revoke("alice", datetime.now(timezone.utc))
+    assert rc != 0 and "cosignature by 'wit'" in text and "revoked" in text, text
+    assert site.run("copy", "keys", "revoke", "alice", "--reason", "left")[0] == 0
     rc, text = site.witness("copy", site.export("ws"))
     assert rc != 0 and f"signed only by ledger key(s) {site.log_signer('ws')}, not valid now" in text
+
+
+@pytest.mark.integration
+def test_edited_trust_file_is_not_used(site: Site) -> None:
+    """Trusting mallory by editing trust.json does not make her checkpoint acceptable."""
+    trust_file = site.base / "copy/trust.json"
+    info = load_public_key(site.base / "home/keys/mallory.pub")
+    trust_file.write_text(TrustStore.from_json(trust_file.read_text()).add_key(info, roles=["ledger"]).to_json())
+    forged = site.base / "forged.checkpoint"
+    forged.write_text(Note.sign(Note.from_text(site.note("ws")).text, site.signer("mallory")).to_text())
+    rc, text = site.witness("copy", forged)
+    assert rc != 0 and "trust.json" in text and len(text.strip().splitlines()) == 1, text
