@@ -46,8 +46,8 @@ def _read_note(path: str) -> str:
         raise EngineError(f"{path}: not a signed checkpoint note (not UTF-8)") from e
 
 
-def _trust(prov: Any) -> Any:
-    """The trust state the ledger records (``trust.json`` must be it): what judges every signature here."""
+def _history(prov: Any) -> tuple[Any, Any]:
+    """(trust state now, trust history) as the ledger records them; ``trust.json`` must agree."""
     trust = prov.trust()
     history = prov.trust_history()
     if history.problems:
@@ -55,7 +55,27 @@ def _trust(prov: Any) -> Any:
     why = history.diff_file(trust)
     if why:
         raise LedgerError(f"trust.json: {why}; run 'certus verify' (or 'certus keys sync')")
-    return history.latest if history.pinned else trust
+    return (history.latest if history.pinned else trust), history
+
+
+def _trust(prov: Any) -> Any:
+    """The trust state the ledger records: what judges another party's signatures here."""
+    return _history(prov)[0]
+
+
+def _structure_verifiers(prov: Any, origin: str) -> list[Any]:
+    """Every key that ever held the ``ledger`` role, so that every historical checkpoint can be checked."""
+    from engine.note import NoteError, Verifier
+
+    trust, history = _history(prov)
+    entries = history.ever("ledger") if history.pinned else [e for e in trust.entries if "ledger" in e.roles]
+    out = []
+    for e in entries:
+        out.append(Verifier(name=e.name, public_key=e.public_key.raw))
+        if origin != e.name:
+            with contextlib.suppress(NoteError):  # an origin with spaces or '+' cannot be a key name
+                out.append(Verifier(name=origin, public_key=e.public_key.raw))
+    return out
 
 
 def _cosign(prov: Any, ledger: Any, note_text: str, key_hint: str | None) -> str:
@@ -63,10 +83,10 @@ def _cosign(prov: Any, ledger: Any, note_text: str, key_hint: str | None) -> str
     from engine.cosignature import cosign
     from engine.note import Checkpoint
     from engine.provenance import NoteSignerAdapter, remember_checkpoint, remembered_checkpoint
-    from engine.witness import describe, ledger_verifiers
+    from engine.witness import describe
 
     key = prov.signer("witness", key_hint)  # refuses a key the trust file does not grant 'witness'
-    verifiers = ledger_verifiers(_trust(prov), ledger.origin)
+    verifiers = _structure_verifiers(prov, ledger.origin)
     problems = ledger.verify_structure(*verifiers)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
