@@ -317,6 +317,9 @@ def register(sub: Any, add: Any) -> None:
     pr.add_argument("--size", type=int, help="tree size (default: the current one)")
     pr.add_argument("--consistency", action="store_true")
     pr.set_defaults(func=cmd_ledger_proof)
+    from engine.cli_witness import register as register_witness
+
+    register_witness(lsub)
     _ = KeyError_
     from engine.cli_datasets import register as register_datasets
 

@@ -46,6 +46,7 @@ __all__ = [
     "Verifier",
     "VerifyFn",
     "key_id",
+    "parse_vkey",
 ]
 
 ED25519 = 0x01
@@ -118,6 +119,27 @@ def _b64decode(text: str) -> bytes:
 
 def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
+
+
+def parse_vkey(vkey: str) -> tuple[str, int, bytes]:
+    """Split any ``<name>+<hex8 key ID>+<base64(type || key)>`` into (name, type, key), checking the ID.
+
+    Generic over the signature type byte, so other key kinds (tlog cosigners, type 0x04) reuse it.
+    """
+    name, _, rest = vkey.partition("+")
+    hash_hex, _, key_b64 = rest.partition("+")
+    _check_name(name, f"verifier key {vkey!r}: name")
+    if not re.fullmatch(r"[0-9a-f]{8}", hash_hex):
+        raise NoteError(f"verifier key {vkey!r}: key ID must be 8 lowercase hex digits")
+    try:
+        key = _b64decode(key_b64)
+    except ValueError as e:
+        raise NoteError(f"verifier key {vkey!r}: key: {e}") from e
+    if len(key) < 2:
+        raise NoteError(f"verifier key {vkey!r}: expected a type byte followed by a key")
+    if key_id(name, key[1:], key[0]).hex() != hash_hex:
+        raise NoteError(f"verifier key {vkey!r}: key ID {hash_hex} does not match the key's")
+    return name, key[0], key[1:]
 
 
 @dataclass(frozen=True, slots=True)
