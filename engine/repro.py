@@ -318,6 +318,9 @@ class Repro:
 
     def run(self) -> ReproResult:
         names = self.plan_names()
+        from engine.adapters.gitfiles import refuse_tracked_outputs
+
+        refuse_tracked_outputs(self.spec, names, self.ws.root)  # before any output is deleted or restored
         result = ReproResult(run_id=self.run_id, config=self.config, overrides=list(self.opts.overrides),
                              spec_path=self.spec.path, outcomes={}, started=time.time())
         selected = set(names)

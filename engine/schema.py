@@ -25,11 +25,12 @@ from typing import Any
 
 from engine.errors import DatasetError
 
-__all__ = ["Schema", "ColumnRule", "load_schema", "validate", "Stats"]
+__all__ = ["Schema", "ColumnRule", "load_schema", "load_schema_file", "validate", "Stats"]
 
 _TYPES = ("int", "float", "str", "bool")
 _RULE_KEYS = {"type", "nullable", "min", "max", "allowed"}
 _MAX_ROWS_SHOWN = 5
+_MAX_ITEMS_SHOWN = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,43 +60,99 @@ class Stats:
     column_names: tuple[str, ...] = field(default=())
 
 
+def _clip(value: Any, limit: int = 80) -> str:
+    """A name or value for a message, bounded however long it is."""
+    s = str(value)
+    return s if len(s) <= limit else s[:limit] + "…"
+
+
+def _listing(items: Sequence[Any], limit: int = _MAX_ITEMS_SHOWN) -> str:
+    """``a, b, c … and 999,990 more``: every message stays short, whatever the file holds."""
+    shown = ", ".join(_clip(i) for i in items[:limit])
+    return shown + (f" … and {len(items) - limit:,} more" if len(items) > limit else "")
+
+
+def load_schema_file(full_path: str, rel: str) -> Schema:
+    """Read and parse a schema file; unreadable or non-UTF-8 bytes are one line naming it."""
+    from engine.spec_yaml import decode_text
+
+    try:
+        with open(full_path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise DatasetError(f"{rel}: cannot read the schema: {e.strerror}") from None
+    return load_schema(rel, decode_text(raw, rel))
+
+
 def load_schema(path: str, text: str) -> Schema:
-    from engine.spec import parse_yaml
+    from engine.spec import _line_index, parse_yaml
 
     data = parse_yaml(text, path)
+
+    def fail(keypath: tuple[Any, ...], msg: str) -> DatasetError:
+        index = _line_index(text)
+        kp = keypath
+        while kp and kp not in index:
+            kp = kp[:-1]
+        return DatasetError(f"{path}:{index.get(kp, 1)}: {msg}")
+
     if not isinstance(data, dict) or not isinstance(data.get("columns"), dict):
         raise DatasetError(f"{path}: a schema needs a 'columns' mapping of name -> rules")
-    unknown = set(data) - {"format", "columns", "unique", "extra_columns"}
+    unknown = [str(k) for k in data if k not in ("format", "columns", "unique", "extra_columns")]
     if unknown:
-        raise DatasetError(f"{path}: unknown schema key(s) {sorted(unknown)}; expected format, columns, unique, "
-                           "extra_columns")
+        raise fail((unknown[0],), f"unknown schema key(s) {_listing(sorted(unknown))}; expected format, columns, "
+                                  "unique, extra_columns")
     cols = []
     for name, rule in data["columns"].items():
-        rule = rule or {}
+        kp = ("columns", name)
+        if not isinstance(name, (str, int, float)) or isinstance(name, bool):
+            raise fail(kp, f"column name {_clip(name)!r} is not a string; quote it")
+        rule = {} if rule is None else rule
         if isinstance(rule, str):
             rule = {"type": rule}
-        bad = set(rule) - _RULE_KEYS
+        if not isinstance(rule, dict):
+            raise fail(kp, f"column '{_clip(name)}': rules are a {type(rule).__name__}; expected a mapping such as "
+                           "{type: int, nullable: false}")
+        bad = sorted(str(k) for k in rule if k not in _RULE_KEYS)
         if bad:
-            raise DatasetError(f"{path}: column '{name}': unknown rule(s) {sorted(bad)}; expected {sorted(_RULE_KEYS)}")
+            raise fail(kp + (bad[0],), f"column '{_clip(name)}': unknown rule(s) {_listing(bad)}; expected "
+                                       f"{', '.join(sorted(_RULE_KEYS))}")
         typ = rule.get("type", "str")
         if typ not in _TYPES:
-            raise DatasetError(f"{path}: column '{name}': type '{typ}'; expected one of {', '.join(_TYPES)}")
+            raise fail(kp + ("type",), f"column '{_clip(name)}': field 'type' is {_clip(typ)!r}; expected one of "
+                                       f"{', '.join(_TYPES)}")
+        nullable = rule.get("nullable", True)
+        if not isinstance(nullable, bool):
+            raise fail(kp + ("nullable",), f"column '{_clip(name)}': field 'nullable' is {_clip(nullable)!r}; "
+                                           "expected true or false")
+        for bound in ("min", "max"):
+            v = rule.get(bound)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise fail(kp + (bound,), f"column '{_clip(name)}': field '{bound}' is {_clip(v)!r}; expected a "
+                                          "number")
         allowed = rule.get("allowed")
-        cols.append(ColumnRule(name=str(name), type=typ, nullable=bool(rule.get("nullable", True)),
+        if allowed is not None and (not isinstance(allowed, list)
+                                    or not all(a is None or isinstance(a, (str, int, float, bool)) for a in allowed)):
+            raise fail(kp + ("allowed",), f"column '{_clip(name)}': field 'allowed' must be a list of values")
+        cols.append(ColumnRule(name=str(name), type=typ, nullable=nullable,
                                min=rule.get("min"), max=rule.get("max"),
                                allowed=tuple(allowed) if allowed is not None else None))
     unique = data.get("unique") or []
     if isinstance(unique, str):
         unique = [unique]
+    if not isinstance(unique, list) or not all(isinstance(u, str) for u in unique):
+        raise fail(("unique",), "field 'unique' must be a column name or a list of column names")
     names = {c.name for c in cols}
     for u in unique:
         if u not in names:
-            raise DatasetError(f"{path}: unique key '{u}' is not a declared column")
+            raise fail(("unique",), f"unique key '{_clip(u)}' is not a declared column")
     fmt = data.get("format")
     if fmt not in (None, "csv", "parquet"):
-        raise DatasetError(f"{path}: format '{fmt}'; expected csv or parquet")
-    return Schema(path=path, columns=tuple(cols), unique=tuple(unique), format=fmt,
-                  extra_columns=bool(data.get("extra_columns", False)))
+        raise fail(("format",), f"field 'format' is {_clip(fmt)!r}; expected csv or parquet")
+    extra = data.get("extra_columns", False)
+    if not isinstance(extra, bool):
+        raise fail(("extra_columns",), f"field 'extra_columns' is {_clip(extra)!r}; expected true or false")
+    return Schema(path=path, columns=tuple(cols), unique=tuple(unique), format=fmt, extra_columns=extra)
 
 
 def _files(path: str) -> list[str]:
@@ -107,7 +164,7 @@ def _files(path: str) -> list[str]:
     return [path]
 
 
-def _read(path: str, fmt: str | None) -> tuple[list[str], Iterator[Sequence[Any]]]:
+def _read(path: str, fmt: str | None, label: str = "") -> tuple[list[str], Iterator[Sequence[Any]]]:
     kind = fmt or ("parquet" if path.endswith((".parquet", ".pq")) else "csv")
     if kind == "parquet":
         try:
@@ -117,23 +174,60 @@ def _read(path: str, fmt: str | None) -> tuple[list[str], Iterator[Sequence[Any]
         try:
             table = pq.read_table(path)
         except Exception as e:  # noqa: BLE001 - pyarrow raises many types
-            raise DatasetError(f"{path}: not a readable Parquet file ({e})") from e
+            raise DatasetError(f"{label or path}: not a readable Parquet file ({_clip(e, 200)})") from e
         cols = table.column_names
         data = table.to_pydict()
         return cols, iter(zip(*(data[c] for c in cols)))
-    f = open(path, newline="", encoding="utf-8")  # noqa: SIM115 - closed by the generator
+    # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column's name
+    f = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 - closed by the generator
     reader = csv.reader(f)
     try:
         header = next(reader)
     except StopIteration:
         f.close()
         return [], iter(())
+    except (UnicodeDecodeError, csv.Error) as e:
+        f.close()
+        raise _csv_problem(label or path, e, 0, path) from None
 
     def rows() -> Iterator[Sequence[Any]]:
         with f:
-            yield from reader
+            n = 0
+            try:
+                for n, row in enumerate(reader, start=1):  # noqa: B007 - n names the row in errors
+                    yield row
+            except (UnicodeDecodeError, csv.Error) as e:
+                raise _csv_problem(label or path, e, n + 1, path) from None
 
     return header, rows()
+
+
+def _first_bad_utf8(fpath: str) -> str:
+    """``line N: byte 0xNN `` of the first byte that is not UTF-8 (the decoder reads ahead in chunks,
+    so the row being parsed when it fails is not where the byte is)."""
+    try:
+        with open(fpath, "rb") as f:
+            for n, line in enumerate(f, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    return f"line {n}: byte 0x{line[e.start]:02x} "
+    except OSError:
+        pass
+    return ""
+
+
+def _csv_problem(path: str, e: Exception, row: int, fpath: str = "") -> DatasetError:
+    """A CSV the csv module cannot read, as one line: which file, which row, what to do."""
+    where = "header" if row == 0 else f"data row {row}"
+    if isinstance(e, UnicodeDecodeError):
+        return DatasetError(f"{path}: {_first_bad_utf8(fpath)}is not UTF-8; convert the file to UTF-8 "
+                            "(e.g. iconv -f latin1 -t utf-8)")
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if "field larger than field limit" in msg:
+        return DatasetError(f"{path}: {where}: a field is longer than {csv.field_size_limit():,} characters (the "
+                            "csv module's limit); an unbalanced quote often causes this, else split the field")
+    return DatasetError(f"{path}: {where}: not readable as CSV ({_clip(msg, 120)})")
 
 
 def _coerce(value: Any, typ: str) -> tuple[bool, Any]:
@@ -181,18 +275,21 @@ def validate(path: str, schema: Schema, *, label: str | None = None) -> Stats:
     seen_keys: dict[tuple[Any, ...], int] = {}
     dup_rows: list[int] = []
     for fpath in files:
-        header, rows = _read(fpath, schema.format)
         where = label if len(files) == 1 else f"{label}/{os.path.relpath(fpath, path)}"
+        header, rows = _read(fpath, schema.format, where)
         header_seen = tuple(header)
-        missing = [c for c in rules if c not in header]
+        positions: dict[str, int] = {}
+        for i, c in enumerate(header):
+            positions.setdefault(c, i)
+        missing = [c for c in rules if c not in positions]
         if missing:
-            problems.append(f"{where}: missing column(s) {', '.join(missing)} required by {schema.path}")
+            problems.append(f"{where}: missing column(s) {_listing(missing)} required by {schema.path}")
             continue
         extra = [c for c in header if c not in rules]
         if extra and not schema.extra_columns:
-            problems.append(f"{where}: column(s) {', '.join(extra)} not in {schema.path}; add them or set "
+            problems.append(f"{where}: column(s) {_listing(extra)} not in {schema.path}; add them or set "
                             "extra_columns: true")
-        idx = {c: header.index(c) for c in rules}
+        idx = {c: positions[c] for c in rules}
         uidx = [idx[u] for u in schema.unique]
         bad: dict[tuple[str, str], list[int]] = {}
         for n, row in enumerate(rows, start=1):
@@ -223,14 +320,16 @@ def validate(path: str, schema: Schema, *, label: str | None = None) -> Stats:
         for (col, rule_text), rows_bad in sorted(bad.items()):
             shown = ", ".join(str(r) for r in rows_bad[:_MAX_ROWS_SHOWN])
             more = f" (+{len(rows_bad) - _MAX_ROWS_SHOWN} more)" if len(rows_bad) > _MAX_ROWS_SHOWN else ""
-            problems.append(f"{where}: column '{col}': rule {rule_text} violated in {len(rows_bad)} row(s): "
-                            f"rows {shown}{more}")
+            problems.append(f"{where}: column '{_clip(col)}': rule {_clip(rule_text, 200)} violated in "
+                            f"{len(rows_bad)} row(s): rows {shown}{more}")
     if dup_rows:
         shown = ", ".join(str(r) for r in dup_rows[:_MAX_ROWS_SHOWN])
-        problems.append(f"{label}: unique key ({', '.join(schema.unique)}) duplicated in {len(dup_rows)} row(s): "
+        problems.append(f"{label}: unique key ({_listing(schema.unique)}) duplicated in {len(dup_rows)} row(s): "
                         f"rows {shown}")
     if problems:
-        raise DatasetError("schema violation: " + "\n".join(problems))
+        n_more = len(problems) - _MAX_ITEMS_SHOWN
+        more = f"\n… and {n_more:,} more problem(s)" if n_more > 0 else ""
+        raise DatasetError("schema violation: " + "\n".join(problems[:_MAX_ITEMS_SHOWN]) + more)
     return Stats(rows=total_rows, columns=len(header_seen), files=len(files), column_names=header_seen)
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import SpecError
-from engine.interpolate import InterpolationFailure, resolve_strings
+from engine.interpolate import InterpolationFailure, resolve_strings, shell_words
 
 __all__ = ["StageSpec", "PipelineSpec", "load_spec_text", "STAGE_KEYS"]
 
@@ -44,6 +44,8 @@ _GENERATOR_KEYS = ("foreach", "do", "matrix")
 _TOP_KEYS = ("stages", "vars")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _ITEM_REF = re.compile(r"\$\{\s*(item|key)((?:\.[A-Za-z0-9_\-]+)*)\s*\}")
+_RAW_ITEM_REF = re.compile(r"\$\{\s*raw\s*:\s*\$\{\s*(item|key)((?:\.[A-Za-z0-9_\-]+)*)\s*\}\s*\}")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,17 +150,30 @@ def _line_index(text: str) -> dict[tuple[Any, ...], int]:
 
 
 def parse_yaml(text: str, path: str) -> Any:
-    """YAML -> Python, with syntax errors as one line naming file and line."""
-    import yaml
+    """YAML -> Python: strict (no repeated keys) and bounded (depth, aliases); see engine.spec_yaml."""
+    from engine.spec_yaml import load_yaml
 
-    try:
-        return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = mark.line + 1 if mark else 1
-        raise SpecError(f"{path}:{line}: YAML syntax error: {e.problem or e}; fix the YAML") from e
-    except yaml.YAMLError as e:
-        raise SpecError(f"{path}: YAML error: {e}") from e
+    return load_yaml(text, path)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A value for an error message, bounded however long it is."""
+    s = repr(value)
+    return s if len(s) <= limit else s[:limit] + "…"
+
+
+def _nul_field(body: Mapping[str, Any]) -> str | None:
+    """The first field holding a NUL anywhere (keys included): no path, command or variable can."""
+    def has(obj: Any) -> bool:
+        if isinstance(obj, str):
+            return "\0" in obj
+        if isinstance(obj, dict):
+            return any(has(k) or has(v) for k, v in obj.items())
+        if isinstance(obj, list):
+            return any(has(v) for v in obj)
+        return False
+
+    return next((str(k) for k, v in body.items() if has(k) or has(v)), None)
 
 
 def _suggest(word: str, choices: Sequence[str]) -> str:
@@ -183,8 +198,9 @@ def _item_name(value: Any, index: int) -> str:
     return str(index)
 
 
-def _substitute_item(obj: Any, ctx: Mapping[str, Any]) -> Any:
-    """Replace ``${item...}``/``${key}`` before config interpolation (they are local)."""
+def _substitute_item(obj: Any, ctx: Mapping[str, Any], shell: bool = False) -> Any:
+    """Replace ``${item...}``/``${key}`` before config interpolation (they are local). In a ``cmd``
+    (``shell``) values are pasted shell-quoted, ``${raw:${item}}`` unquoted (see engine.interpolate)."""
     if isinstance(obj, str):
         whole = _ITEM_REF.fullmatch(obj.strip())
 
@@ -197,14 +213,22 @@ def _substitute_item(obj: Any, ctx: Mapping[str, Any]) -> Any:
                     raise KeyError(m.group(0))
             return val
 
+        if shell:
+            obj = _RAW_ITEM_REF.sub(lambda m: shell_words(lookup(m), quote=False) if m.group(1) in ctx
+                                    else m.group(0), obj)
+            return _ITEM_REF.sub(lambda m: shell_words(lookup(m)) if m.group(1) in ctx else m.group(0), obj)
         if whole and whole.group(1) in ctx:
             return lookup(whole)
         return _ITEM_REF.sub(lambda m: str(lookup(m)) if m.group(1) in ctx else m.group(0), obj)
     if isinstance(obj, list):
-        return [_substitute_item(v, ctx) for v in obj]
+        return [_substitute_item(v, ctx, shell) for v in obj]
     if isinstance(obj, dict):
-        return {k: _substitute_item(v, ctx) for k, v in obj.items()}
+        return {k: _substitute_item(v, ctx, shell) for k, v in obj.items()}
     return obj
+
+
+def _substitute_body(body: Mapping[str, Any], ctx: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _substitute_item(v, ctx, shell=k == "cmd") for k, v in body.items()}
 
 
 def _expand(raw_stages: Mapping[str, Any], probs: _Problems) -> list[tuple[str, dict[str, Any], tuple[Any, ...]]]:
@@ -229,7 +253,13 @@ def _expand(raw_stages: Mapping[str, Any], probs: _Problems) -> list[tuple[str, 
                     probs.add(kp + ("do",), name, "do", "missing or not a mapping; foreach needs a 'do' body")
                     continue
                 if isinstance(items, dict):
-                    pairs = [(str(k), {"item": v, "key": k}) for k, v in items.items()]
+                    pairs = []
+                    for k, v in items.items():  # a key becomes part of a stage name (and of paths)
+                        if not _NAME.match(str(k)) or len(str(k)) > 200:
+                            probs.add(kp + ("foreach", k), name, "foreach", f"key {_short(k)} cannot name a stage; "
+                                      "use letters, digits, '_', '-', '.' (not starting with '.' or '-')")
+                            continue
+                        pairs.append((str(k), {"item": v, "key": k}))
                 elif isinstance(items, list):
                     pairs = [(_item_name(v, i), {"item": v}) for i, v in enumerate(items)]
                 else:
@@ -249,7 +279,7 @@ def _expand(raw_stages: Mapping[str, Any], probs: _Problems) -> list[tuple[str, 
                 template = {k: v for k, v in body.items() if k != "matrix"}
             for suffix, ctx in pairs:
                 try:
-                    out.append((f"{name}@{suffix}", _substitute_item(template, ctx), kp))
+                    out.append((f"{name}@{suffix}", _substitute_body(template, ctx), kp))
                 except KeyError as e:
                     probs.add(kp, f"{name}@{suffix}", None, f"interpolation {e.args[0]} does not resolve")
         else:
@@ -359,7 +389,7 @@ def load_spec_text(text: str, *, path: str, config: Mapping[str, Any]) -> Pipeli
         probs.raise_if_any()
     context = {**config, **vars_}
     try:
-        resolved = resolve_strings({n: b for n, b, _ in bodies}, context)
+        resolved = resolve_strings({n: b for n, b, _ in bodies}, context, shell=lambda loc: loc[1:2] == ("cmd",))
     except InterpolationFailure as e:
         stage, fld = e.location[0], (e.location[1] if len(e.location) > 1 else None)
         kp = next((k for n, _, k in bodies if n == stage), ("stages",))
@@ -371,6 +401,11 @@ def load_spec_text(text: str, *, path: str, config: Mapping[str, Any]) -> Pipeli
     config_keys: list[str] | None = None
     for name, _, kp in bodies:
         body = resolved[name]
+        nul = _nul_field(body)
+        if nul is not None:
+            probs.add(kp + (nul,), name, nul, "contains a NUL byte, which no path, command or variable can hold; "
+                      "remove it")
+            continue
         cmd = body.get("cmd")
         if isinstance(cmd, list):
             if not all(isinstance(c, (str, int, float)) for c in cmd):
@@ -409,8 +444,8 @@ def load_spec_text(text: str, *, path: str, config: Mapping[str, Any]) -> Pipeli
                 continue
             params.append((key, value))
         env = body.get("env") or {}
-        if not isinstance(env, dict) or not all(isinstance(k, str) for k in env):
-            probs.add(kp + ("env",), name, "env", "expected a mapping of NAME: value")
+        if not isinstance(env, dict) or not all(isinstance(k, str) and _ENV_NAME.match(k) for k in env):
+            probs.add(kp + ("env",), name, "env", "expected a mapping of NAME: value (NAME: letters, digits, '_')")
             env = {}
         always = body.get("always_changed", False)
         if not isinstance(always, bool):

@@ -7,13 +7,17 @@ was hashed is not recorded (git's "racily clean" problem): a same-size write in 
 tick would otherwise go unseen.
 
 SQLite in WAL mode, so ``certus status`` can read it while a ``repro`` writes it. Rows
-are loaded once per process and written back in one transaction.
+are loaded once per process and written back in one transaction. It is only a cache: a
+damaged database (garbled bytes, a foreign schema) is deleted and rebuilt, with one note on
+stderr, instead of breaking every command until someone deletes it by hand.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
+import sys
 import time
 from typing import Protocol
 
@@ -21,6 +25,12 @@ __all__ = ["StatCache", "NoopState", "StateStore", "StatKey"]
 
 StatKey = tuple[int, int, int]  # inode, size, mtime_ns
 _RACY_NS = 10_000_000
+_TRANSIENT = ("locked", "busy", "readonly", "read-only", "unable to open", "disk i/o", "no such table")
+
+
+def _damaged(e: sqlite3.DatabaseError) -> bool:
+    """Whether an error means the file itself is bad (not: busy, read-only, or simply empty)."""
+    return not any(t in str(e).lower() for t in _TRANSIENT)
 
 
 class StateStore(Protocol):
@@ -69,9 +79,23 @@ class StatCache:
                             self._rows[path] = (ino, size, mtime, hexd)
                     finally:
                         con.close()
-                except sqlite3.DatabaseError:
+                except sqlite3.DatabaseError as e:
                     self._rows = {}  # a damaged cache is only a slower run
+                    if _damaged(e):
+                        self._discard(e)
         return self._rows
+
+    def _discard(self, e: sqlite3.DatabaseError) -> None:
+        """Delete a damaged database (and its WAL) so the next write recreates it; say so once."""
+        where = os.path.join(os.path.basename(os.path.dirname(self.db_path)), os.path.basename(self.db_path))
+        if self.readonly:
+            sys.stderr.write(f"certus: note: {where}: the stat cache is damaged ({e}); ignoring it\n")
+            return
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(OSError):
+                os.unlink(self.db_path + suffix)
+        sys.stderr.write(f"certus: note: {where}: the stat cache was damaged ({e}); deleted it, it is "
+                         "rebuilt as files are hashed\n")
 
     def get(self, path: str, key: StatKey) -> str | None:
         row = self._load().get(path)
@@ -91,22 +115,30 @@ class StatCache:
     def flush(self) -> None:
         if not self._pending or self.readonly:
             return
-        try:
-            con = self._connect()
+        for attempt in (1, 2):
             try:
-                con.execute("PRAGMA journal_mode=WAL")
-                con.execute(
-                    "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, ino INTEGER, size INTEGER,"
-                    " mtime_ns INTEGER, digest TEXT)"
-                )
-                con.execute("BEGIN IMMEDIATE")
-                con.executemany(
-                    "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)",
-                    [(p, *r) for p, r in self._pending.items()],
-                )
-                con.execute("COMMIT")
-            finally:
-                con.close()
-        except sqlite3.OperationalError:
-            return  # busy or read-only file system: the cache is an optimisation
-        self._pending.clear()
+                self._write()
+            except sqlite3.DatabaseError as e:
+                if attempt == 1 and _damaged(e):
+                    self._discard(e)
+                    continue
+                return  # busy or read-only file system: the cache is an optimisation
+            self._pending.clear()
+            return
+
+    def _write(self) -> None:
+        con = self._connect()
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, ino INTEGER, size INTEGER,"
+                " mtime_ns INTEGER, digest TEXT)"
+            )
+            con.execute("BEGIN IMMEDIATE")
+            con.executemany(
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)",
+                [(p, *r) for p, r in self._pending.items()],
+            )
+            con.execute("COMMIT")
+        finally:
+            con.close()

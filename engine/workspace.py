@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,6 +28,17 @@ __all__ = ["Workspace", "WorkspaceLock", "find_root", "proc_start_time"]
 SPEC_DIR = "pipelines"
 CONF_DIR = "conf"
 LOCK_NAME = "certus.lock"
+_CACHE_FORMAT = "2"  # bump when what a parse cache holds changes meaning (2: sealed, cmd values quoted)
+_RESOLVER = re.compile(rb"\$\{(?!\s*raw\s*:)[^}]*:")
+
+
+def _may_resolve(data: bytes) -> bool:
+    """Whether text may hold a resolver interpolation (``${oc.env:X}``, ``${now:...}``), whose value can
+    change between runs with no file changing. Conservative: a ``$`` together with any backslash also
+    counts, since YAML and Hydra escapes (``"$\\x7Boc.env:X}"``, a line continuation) can spell one."""
+    if b"$" not in data:
+        return False
+    return bool(_RESOLVER.search(data)) or b"\\" in data
 
 
 def find_root(start: str) -> str:
@@ -115,43 +127,60 @@ class Workspace:
 
     # -- parse caches: composing 1,000 config keys with Hydra, and resolving a 1,000-stage spec, cost
     # more than everything else `status` does; both are pure functions of file contents, so their
-    # results are kept under .certus/tmp keyed by a hash of those contents.
+    # results are kept under .certus/tmp keyed by a hash of those contents. A cache must never outlive
+    # the values it was computed from, so nothing that may contain a resolver (oc.env, now, ...) is
+    # cached, and entries are sealed (engine.localseal): an edited entry is ignored, never run.
 
     def _conf_key(self, conf: str, overrides: Sequence[str]) -> tuple[str, bool]:
         import hashlib
-        import re
         import sys
 
         from engine import __version__
 
-        h = hashlib.sha256(f"{__version__}\0{sys.version}\0{json.dumps(list(overrides))}\0".encode())
-        cacheable = True
+        h = hashlib.sha256(f"{_CACHE_FORMAT}\0{__version__}\0{sys.version}\0{json.dumps(list(overrides))}\0".encode())
+        # an override with '$' may name a resolver; with '(' a grammar function (shuffle() is random)
+        cacheable = not any("$" in o or "(" in o for o in overrides)
         for dirpath, dirnames, files in os.walk(conf):
             dirnames.sort()
+            if any(os.path.islink(os.path.join(dirpath, d)) for d in dirnames):
+                cacheable = False  # Hydra follows a linked directory that this walk does not hash
             for fn in sorted(files):
                 path = os.path.join(dirpath, fn)
                 with open(path, "rb") as f:
                     data = f.read()
-                if re.search(rb"\$\{[^}]*:", data):  # a resolver (oc.env, now, ...) may change between runs
+                if _may_resolve(data) or b"searchpath" in data:  # values or files from outside conf/
                     cacheable = False
                 h.update(os.path.relpath(path, conf).encode() + b"\0" + data + b"\0")
         return h.hexdigest(), cacheable
 
     def _cache_get(self, kind: str, key: str) -> bytes | None:
+        from engine.localseal import unseal
+
+        path = os.path.join(self.dot, "tmp", kind, key + ".json")
         try:
-            with open(os.path.join(self.dot, "tmp", kind, key + ".json"), "rb") as f:
-                return f.read()
+            with open(path, "rb") as f:
+                blob = f.read()
         except OSError:
             return None
+        data = unseal(kind, key, blob, where=os.path.relpath(path, self.root))
+        if data is None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        return data
 
     def _cache_put(self, kind: str, key: str, data: bytes) -> None:
+        from engine.localseal import seal
+
+        blob = seal(kind, key, data)
+        if blob is None:
+            return
         with contextlib.suppress(OSError):
             d = os.path.join(self.dot, "tmp", kind)
             if os.path.isdir(d) and len(os.listdir(d)) > 64:  # keep the cache small
                 for old in os.listdir(d):
                     with contextlib.suppress(OSError):
                         os.unlink(os.path.join(d, old))
-            atomic_write(os.path.join(d, key + ".json"), data, sync=False)
+            atomic_write(os.path.join(d, key + ".json"), blob, sync=False)
 
     def pipeline_path(self, config: Mapping[str, Any], name: str | None = None) -> str:
         if name is None:
@@ -172,26 +201,29 @@ class Workspace:
 
     def load_spec(self, config: Mapping[str, Any], name: str | None = None) -> Any:
         from engine.spec import load_spec_text
+        from engine.spec_yaml import decode_text
 
         rel = self.pipeline_path(config, name)
         try:
-            with open(self.p(rel), encoding="utf-8") as f:
-                text = f.read()
+            with open(self.p(rel), "rb") as f:
+                raw = f.read()
         except OSError as e:
             raise SpecError(f"{rel}: cannot read: {e.strerror}") from e
+        text = decode_text(raw, rel)
         import hashlib
 
         from engine import __version__
         from engine.spec import spec_from_json, spec_to_json
 
-        key = hashlib.sha256(f"{__version__}\0{rel}\0{text}\0{json.dumps(config, sort_keys=True)}".encode())
-        import re
-
-        cacheable = not re.search(r"\$\{[^}]*:", text)  # resolvers (oc.env, ...) are re-evaluated each time
+        key = hashlib.sha256(f"{_CACHE_FORMAT}\0{__version__}\0{rel}\0{text}\0"
+                             f"{json.dumps(config, sort_keys=True)}".encode())
+        cacheable = not _may_resolve(raw)  # resolvers (oc.env, ...) are re-evaluated each time
         cached = self._cache_get("spec", key.hexdigest()) if cacheable else None
+        spec = None
         if cached is not None:
-            spec = spec_from_json(cached)
-        else:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                spec = spec_from_json(cached)
+        if spec is None:
             spec = load_spec_text(text, path=rel, config=config)
             if cacheable:
                 self._cache_put("spec", key.hexdigest(), spec_to_json(spec))

@@ -107,7 +107,8 @@ def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
     w = Workspace(root)
     w.write("step.py", STEP)
     w.write(".gitignore", ".certus/cache/\n.certus/tmp/\n.certus/logs/\n.certus/runs/\n.certus/state.db*\n"
-                          ".certus/lock\n.certus/running.json\nruns.log\ntimes.log\n")
+                          ".certus/lock\n.certus/running.json\nruns.log\ntimes.log\n"
+                          "/out/\n")  # outputs are Certus's, not git's (repro refuses tracked outputs)
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     return w
 

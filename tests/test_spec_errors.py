@@ -144,3 +144,45 @@ def test_cli_bad_override_is_one_line(ws, capsys):
     assert ws.certus("repro", "train.nope=3") == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("certus: error:") and "train.nope" in err and "\n" not in err
+
+
+# -- strict YAML and shell quoting (issue 9.5) --------------------------------------------------------
+
+QCFG = {"msg": "x; touch /tmp/p", "n": 42, "p": "data/x.csv", "lst": ["a b", 1], "d": {"k": "v w"}, "f": "-a | wc"}
+
+
+@pytest.mark.parametrize("cmd,expected", [
+    ("echo ${n} ${p}", "echo 42 data/x.csv"),                       # safe values: byte-identical
+    ("echo ${msg}", "echo 'x; touch /tmp/p'"),
+    ("'${msg}'", "'x; touch /tmp/p'"),                              # a whole-string interpolation too
+    ("'echo ${lst} ${d}'", "echo 'a b' 1 'k=v w'"),                 # per element, each quoted
+    ("'echo ${raw:${f}}'", "echo -a | wc"),                         # the explicit unquoted form
+    (r"'echo \${msg} ${n}'", "echo ${msg} 42"),                     # OmegaConf escapes keep their meaning
+    ("'echo ${oc.env:CERTUS_TEST_UNSET,a b}'", "echo 'a b'"),      # resolvers are quoted as well
+])
+def test_cmd_values_are_shell_quoted(cmd, expected):
+    spec = load_spec_text(f"stages:\n  a:\n    cmd: {cmd}\n", path="p", config=QCFG)
+    assert spec["a"].cmd == expected
+
+
+def test_foreach_item_in_cmd_is_quoted_but_not_in_paths():
+    spec = load_spec_text("stages:\n  t:\n    foreach: ['a b', ok]\n    do:\n      cmd: echo ${item}\n"
+                          "      outs: ['o/${item}']\n", path="p", config={})
+    assert spec["t@0"].cmd == "echo 'a b'" and spec["t@0"].outs == ("o/a b",)
+    assert spec["t@ok"].cmd == "echo ok"
+
+
+def test_raw_takes_one_value():
+    msg = _err("stages:\n  a:\n    cmd: echo ${raw:a,b}\n")
+    assert "raw takes exactly one value" in msg
+
+
+def test_duplicate_key_names_both_lines():
+    assert _err("stages:\n  a:\n    cmd: x\n    cmd: y\n") == (
+        "pipelines/p.yaml:4: duplicate key 'cmd' (first at line 3); a key may appear once in a mapping: remove or "
+        "rename one")
+
+
+def test_env_names_and_nul_checked():
+    assert "field 'env'" in _err('stages:\n  a:\n    cmd: x\n    env: {"A B": 1}\n')
+    assert "contains a NUL byte" in _err('stages:\n  a:\n    cmd: "x\\0y"\n')

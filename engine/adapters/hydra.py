@@ -29,7 +29,16 @@ def _parse(overrides: Sequence[str]) -> list[Any]:
     try:
         return _parser().parse_overrides(list(overrides))
     except HydraException as e:
-        raise ConfigError(f"override: {str(e).splitlines()[0]}; see Hydra's override grammar") from e
+        raise ConfigError(f"override: {_first_line(e)}; see Hydra's override grammar") from e
+    except RecursionError:
+        raise ConfigError("override: nested too deeply to parse; flatten the value") from None
+
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's first line, bounded: Hydra echoes whole overrides back, however long."""
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    return line if len(line) <= limit else line[:limit] + "…"
 
 
 def has_sweep(overrides: Sequence[str]) -> bool:
@@ -64,10 +73,14 @@ def compose(conf_dir: str, overrides: Sequence[str], config_name: str = "config"
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
             container = OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{conf_dir}/{config_name}.yaml: {first}") from e
+        raise ConfigError(f"{conf_dir}/{config_name}.yaml: {_first_line(e)}") from e
     except ValueError as e:  # hydra raises plain ValueError for some bad overrides
-        raise ConfigError(f"{conf_dir}/{config_name}.yaml: {e}") from e
+        raise ConfigError(f"{conf_dir}/{config_name}.yaml: {_first_line(e)}") from e
+    except RecursionError:
+        raise ConfigError(f"{conf_dir}/{config_name}.yaml: a value or override is nested too deeply to compose; "
+                          "flatten it") from None
+    except Exception as e:  # noqa: BLE001 - Hydra's plugins and grammar raise many kinds; one line each
+        raise ConfigError(f"{conf_dir}/{config_name}.yaml: {type(e).__name__}: {_first_line(e)}") from e
     finally:
         GlobalHydra.instance().clear()
     assert isinstance(container, dict)
