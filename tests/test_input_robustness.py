@@ -186,7 +186,7 @@ def test_duplicate_keys_name_both_lines(ws, capsys):
 def test_yaml_merge_keys_may_still_be_overridden(ws, capsys):
     ws.write("pipelines/p.yaml", """\
         vars:
-          base: &base {cmd: "python step.py a out/a.txt", outs: [out/a.txt]}
+          base: &base {cmd: "python step.py a out/a.txt", outs: [out/a.txt], writable: [runs.log]}
         stages:
           a:
             <<: *base
