@@ -35,7 +35,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     from engine.datasets import SENSITIVITY, DatasetManifest, Registry, now_rfc3339, parse_retention, write_manifest
     from engine.hashing import Hasher
     from engine.provenance import Provenance, sha256_hex
-    from engine.schema import load_schema, validate
+    from engine.schema import load_schema_file, validate
     from engine.workspace import WorkspaceLock
 
     ws = _ws(args)
@@ -49,11 +49,10 @@ def cmd_add(args: argparse.Namespace) -> int:
     schema_ref, stats = None, None
     if args.schema:
         schema_rel = _rel(ws, args.schema)
-        with open(ws.p(schema_rel), encoding="utf-8") as f:
-            text = f.read()
-        schema = load_schema(schema_rel, text)
+        schema = load_schema_file(ws.p(schema_rel), schema_rel)
         stats = validate(ws.p(rel), schema, label=rel)
-        schema_ref = {"path": schema_rel, "sha256": sha256_hex(text.encode())}
+        with open(ws.p(schema_rel), "rb") as f:
+            schema_ref = {"path": schema_rel, "sha256": sha256_hex(f.read())}
     with WorkspaceLock(ws).held(wait=True, command="dataset add"):
         dvc_info = dvc.track(ws.root, rel, init=args.init)
         entry = Hasher(ws.root).hash_path(rel)

@@ -456,7 +456,7 @@ class Repro:
     def _schema_problem(self, use: Any) -> str | None:
         """Schema-check a consumed dataset once per run (memoised by content and schema)."""
         from engine.errors import DatasetError
-        from engine.schema import load_schema, validate
+        from engine.schema import load_schema_file, validate
 
         man = use.manifest
         if not man.schema:
@@ -465,8 +465,7 @@ class Repro:
         tag = (man.id, man.schema.get("sha256"))
         if tag not in memo:
             try:
-                with open(self.ws.p(man.schema["path"]), encoding="utf-8") as f:
-                    schema = load_schema(man.schema["path"], f.read())
+                schema = load_schema_file(self.ws.p(man.schema["path"]), man.schema["path"])
                 validate(self.ws.p(man.path), schema, label=man.path)
                 memo[tag] = None
             except (OSError, DatasetError) as e:
