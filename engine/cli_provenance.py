@@ -102,7 +102,8 @@ def cmd_keys_sync(args: argparse.Namespace) -> int:
 
     prov = Provenance(_ws(args))
     with WorkspaceLock(prov.ws).held(wait=True, command="keys sync"):
-        history = prov.trust_history()
+        history = prov.index(prov.open_ledger(create=False)).trust_history() if os.path.isdir(
+            os.path.join(prov.ws.root, ".certus", "ledger")) else prov.trust_history()
         if history.problems:
             raise LedgerError(f"the ledger's trust records are damaged: {history.problems[0]}; run 'certus verify'")
         if not history.pinned:

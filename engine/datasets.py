@@ -311,14 +311,30 @@ def ledger_problem(entry: Entry, index: Any) -> str | None:
     if _sha(entry.raw) not in index.logged.get("manifest_sha256", {}):
         return "no ledger record registers this manifest (it was changed or never registered)"
     if m.produced_by is not None:
-        hit = index.attestation_of(m.path, m.id)
-        if hit is None or hit[1] != m.produced_by.get("stage"):
+        producer = [m.produced_by.get("run"), m.produced_by.get("stage")]
+        if not any(hit[:2] == producer for hit in index.attestations_of(m.path, m.id)):
             return (f"no attestation in the ledger shows stage '{m.produced_by.get('stage')}' of run "
                     f"'{m.produced_by.get('run')}' producing {m.path} with digest {m.id[:19]}…")
     return None
 
 
-def approval_problem(entry: Entry, trust: Any, reg: Registry | None = None) -> str | None:
+def _key_for(trust: Any, ledger_index: Any, keyid: str, role: str, at: datetime, kind: str, sha: str) -> Any:
+    """The public key to check a dataset record's signature with.
+
+    With a ledger, the record must be logged there and its signer is judged by the trust state at
+    that position (a key revoked before it signs nothing valid, whatever time it claims);
+    without one, by ``trust.json`` at the claimed time.
+    """
+    if ledger_index is not None and ledger_index.trust_sha256 is not None:
+        pos = ledger_index.logged.get(kind, {}).get(sha)
+        if pos is None:
+            raise SignatureError("no ledger record logs it")
+        return ledger_index.trust_history().check(keyid, role, at, pos)
+    return trust.check(keyid, role, at)
+
+
+def approval_problem(entry: Entry, trust: Any, reg: Registry | None = None,
+                     ledger_index: Any = None) -> str | None:
     """Why the dataset may not be used (None when its approval is valid)."""
     man = entry.manifest
     if man.approval == "inherited" and man.produced_by is not None and man.parents:
@@ -329,7 +345,7 @@ def approval_problem(entry: Entry, trust: Any, reg: Registry | None = None) -> s
                 p = reg.resolve(parent)
             except DatasetError:
                 return f"parent {parent} is unknown"
-            why = structure_problem(p, reg) or approval_problem(p, trust, reg)
+            why = structure_problem(p, reg) or approval_problem(p, trust, reg, ledger_index)
             if why:
                 return f"parent {parent}: {why}"
         return None
@@ -341,7 +357,8 @@ def approval_problem(entry: Entry, trust: Any, reg: Registry | None = None) -> s
         try:
             at = datetime.strptime(entry.approval["approved_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
             for sig in entry.approval_envelope.signatures:
-                pub = trust.check(sig.keyid, "approver", at)
+                pub = _key_for(trust, ledger_index, sig.keyid, "approver", at, "approval_sha256",
+                               _sha(entry.approval_raw or b""))
                 verify_envelope(entry.approval_envelope, {sig.keyid: pub}, APPROVAL_TYPE)
         except (SignatureError, KeyError, ValueError) as e:
             return f"approval signature invalid: {e}"
@@ -365,7 +382,7 @@ def check_use(reg: Registry, ref: str, stage: str, config: Mapping[str, Any], di
         try:
             at = datetime.strptime(man.registered, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
             for sig in entry.envelope.signatures:
-                pub = trust.check(sig.keyid, role, at)
+                pub = _key_for(trust, ledger_index, sig.keyid, role, at, "manifest_sha256", _sha(entry.raw))
                 verify_envelope(entry.envelope, {sig.keyid: pub}, MANIFEST_TYPE)
         except (SignatureError, ValueError) as e:
             raise DatasetError(f"{where}: manifest {entry.path} does not verify: {e}") from e
@@ -376,7 +393,7 @@ def check_use(reg: Registry, ref: str, stage: str, config: Mapping[str, Any], di
         raise DatasetError(f"{where}: {man.path} was modified: its bytes hash to {digest_now[:19]}…, the manifest "
                            f"says {man.id[:19]}…; restore it ('certus dataset checkout {man.ref}') or register "
                            "the new data as a new version")
-    why = approval_problem(entry, trust, reg)
+    why = approval_problem(entry, trust, reg, ledger_index)
     if why:
         raise DatasetError(f"{where}: {why}")
     today = today or datetime.now(timezone.utc).date()

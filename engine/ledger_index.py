@@ -31,7 +31,7 @@ from engine.trust_log import TRUST_TYPE
 __all__ = ["LedgerIndex", "INDEX_PATH"]
 
 INDEX_PATH = os.path.join(".certus", "tmp", "ledger-index.json")
-_FORMAT = 2
+_FORMAT = 3
 
 
 @dataclass
@@ -43,16 +43,53 @@ class LedgerIndex:
     root: str = merkle.SHA256.empty_root().hex()
     trust_sha256: str | None = None  # the trust state in force (None: no trust genesis yet)
     trust_index: int | None = None
+    trust_records: list[list[Any]] = field(default_factory=list)  # [index, base64 envelope] of each trust record
     runs: dict[str, int] = field(default_factory=dict)  # run id -> ledger index of its record
-    # "path\0sha256:hex" -> [run id, stage, attestation envelope sha256]: the first attestation of it
-    subjects: dict[str, list[str]] = field(default_factory=dict)
+    # "path\0sha256:hex" -> [[run id, stage, attestation envelope sha256], ...]: its attestations, oldest first
+    subjects: dict[str, list[list[str]]] = field(default_factory=dict)
     logged: dict[str, dict[str, int]] = field(default_factory=dict)  # manifest/approval sha256 -> event index
 
     # -- questions -----------------------------------------------------------------------------
 
     def attestation_of(self, path: str, digest: str) -> list[str] | None:
         """``[run id, stage, envelope sha256]`` of the first attestation with this subject, or None."""
-        return self.subjects.get(f"{path}\0{digest}")
+        hits = self.subjects.get(f"{path}\0{digest}")
+        return hits[0] if hits else None
+
+    def attestations_of(self, path: str, digest: str) -> list[list[str]]:
+        """Every indexed ``[run id, stage, envelope sha256]`` with this subject (the first few)."""
+        return self.subjects.get(f"{path}\0{digest}", [])
+
+    def trust_history(self) -> Any:
+        """The ledger's trust states, with every trust record's signature checked (problems listed).
+
+        Repro and appends rely on this, so a forged trust record (a key without ``admin``, a
+        revocation undone) makes the history carry a problem rather than silently move trust.
+        """
+        if getattr(self, "_history", None) is not None:
+            return self._history
+        import base64
+
+        from engine.trust_log import GENESIS, TrustHistory
+        from engine.verify_runs import Report, check_signatures, parse_time
+
+        decoded = []
+        for index, b64 in self.trust_records:
+            env = Envelope.from_json_bytes(base64.b64decode(b64))
+            decoded.append((index, env, json.loads(env.payload)))
+        history = TrustHistory.from_records([(i, p) for i, _, p in decoded])
+        report = Report()
+        for index, env, payload in decoded:
+            role = "ledger" if payload.get("kind") == GENESIS else "admin"
+            try:
+                at = parse_time(str(payload.get("time", "")))
+            except ValueError:
+                history.problems.append(f"ledger entry {index}: unreadable time")
+                continue
+            check_signatures(env, history, role, at, index, f"ledger entry {index} ({payload.get('kind')})", report)
+        history.problems.extend(report.failures)
+        self._history = history
+        return history
 
     def attested(self, outs: Mapping[str, Mapping[str, Any]]) -> bool:
         """True when every ``path -> {digest}`` is a subject of some attestation in the ledger."""
@@ -70,7 +107,10 @@ class LedgerIndex:
             return
         details = payload.get("details") if isinstance(payload.get("details"), dict) else {}
         if env.payload_type == TRUST_TYPE:
+            import base64
+
             self.trust_sha256, self.trust_index = str(details.get("trust_sha256")), index
+            self.trust_records.append([index, base64.b64encode(raw).decode()])
         elif env.payload_type == EVENT_TYPE:
             for k in ("manifest_sha256", "approval_sha256"):
                 if isinstance(details.get(k), str):
@@ -102,11 +142,14 @@ class LedgerIndex:
             except (SignatureError, ValueError):
                 continue
             for path, digest in subject_digests(stmt).items():
-                self.subjects.setdefault(f"{path}\0{digest}", [run_id, stage, sha])
+                hits = self.subjects.setdefault(f"{path}\0{digest}", [])
+                if len(hits) < 16:
+                    hits.append([run_id, stage, sha])
 
     def to_bytes(self) -> bytes:
         return json.dumps({"format": _FORMAT, "origin": self.origin, "size": self.size, "root": self.root,
-                           "trust_sha256": self.trust_sha256, "trust_index": self.trust_index, "runs": self.runs,
+                           "trust_sha256": self.trust_sha256, "trust_index": self.trust_index,
+                           "trust_records": self.trust_records, "runs": self.runs,
                            "subjects": self.subjects, "logged": self.logged}, separators=(",", ":")).encode()
 
     @classmethod
@@ -116,7 +159,8 @@ class LedgerIndex:
             if d.get("format") != _FORMAT:
                 return None
             return cls(origin=str(d["origin"]), size=int(d["size"]), root=str(d["root"]),
-                       trust_sha256=d["trust_sha256"], trust_index=d["trust_index"], runs=dict(d["runs"]),
+                       trust_sha256=d["trust_sha256"], trust_index=d["trust_index"],
+                       trust_records=list(d["trust_records"]), runs=dict(d["runs"]),
                        subjects=dict(d["subjects"]), logged=dict(d["logged"]))
         except (ValueError, KeyError, TypeError, AttributeError):
             return None

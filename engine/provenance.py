@@ -290,11 +290,13 @@ class Provenance:
                 raise LedgerError(f"{ledger_dir(self.ws)}: not appending: the ledger is not consistent with the "
                                   f"checkpoint this machine saw (size {seen.size}): {e}; run 'certus verify'") from e
         idx = self.index(ledger)
-        if idx.trust_sha256 is not None and trust_digest(trust) != idx.trust_sha256:
-            raise LedgerError(f"trust.json: differs from the trust state the ledger records (ledger entry "
-                              f"{idx.trust_index}); trust changes must be signed ledger records ('certus keys "
-                              "trust' / 'certus keys revoke' with an admin key); 'certus keys sync' rewrites "
-                              "trust.json from the ledger and 'certus verify' names the difference")
+        if idx.trust_sha256 is not None:
+            history = idx.trust_history()
+            if history.problems:
+                raise LedgerError(f"{ledger_dir(self.ws)}: not appending: a trust record does not verify: "
+                                  f"{history.problems[0]}; run 'certus verify'")
+            if trust_digest(trust) != trust_digest(history.latest):
+                raise LedgerError(history.diff_file(trust) or "trust.json differs from the ledger's trust state")
         return idx
 
     def append(self, payload_type: str, payload: Mapping[str, Any], role: str) -> tuple[int, bytes]:
@@ -564,16 +566,27 @@ def remember_checkpoint(ws: Workspace, cp: Any) -> None:
 
 @contextlib.contextmanager
 def held_signals() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back (delivered on exit) so a commit and its bookkeeping stay together."""
-    try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    except (ValueError, OSError):  # not the main thread's business here
+    """Defer SIGINT and SIGTERM to the end of the block, so a commit and its bookkeeping stay together.
+
+    Blocking the signal in this thread is not enough: the kernel hands it to any thread that does
+    not block it (a stage's), and CPython then runs the handler here anyway. So the handlers
+    themselves are swapped for one that only notes the signal, and it is re-raised afterwards.
+    """
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    pending: list[int] = []
+    saved = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum))
+             for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in saved.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        for sig in dict.fromkeys(pending):
+            signal.raise_signal(sig)
 
 
 def python_info() -> str:

@@ -12,7 +12,9 @@ vouches for: attestations, manifests, approvals) is judged against the trust sta
 ``i``: the state made by the last trust record before ``i``. A key revoked by the record at ``R``
 signs nothing valid after ``R``, whatever time its records claim. A revocation may also name an
 earlier time (``keys revoke --at T``: "compromised since T"); that only ever makes verification
-stricter: signatures claiming ``>= T`` fail even before ``R``. Claimed times must not go backwards
+stricter: signatures claiming ``>= T`` fail even before ``R`` (the revocation record itself and the
+checkpoint over it excepted: they are the old state's last act, so a key can revoke itself and a
+ledger key can sign the checkpoint that retires it). Claimed times must not go backwards
 along the ledger by more than :data:`CLOCK_SKEW`, so a backdated record stands out.
 
 Pure: values in, values out; no files.
@@ -187,7 +189,9 @@ class TrustHistory:
             )
         pub = store.check(keyid, role, at)
         final = next((e for e in self.latest.entries if e.keyid == keyid), None)
-        if final is not None and final.revoked is not None and at >= final.revoked.at:
+        # the revocation record itself (and the checkpoint over it) is the old state's last act
+        if (final is not None and final.revoked is not None and at >= final.revoked.at
+                and index != self.revoked_by.get(keyid)):
             raise KeyRevokedError(
                 f"{final.label}: revoked at {_fmt(final.revoked.at)} ({final.revoked.reason}) by ledger entry "
                 f"{self.revoked_by.get(keyid, '?')}; signature made at {_fmt(at)} is not before the revocation"

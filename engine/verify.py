@@ -190,7 +190,12 @@ def _verify_ledger(ws: Workspace, prov: Any, trust: TrustStore, ldir: str, repor
 
 def _check_chain(entries: Slice, run: str | None, report: Report) -> None:
     previous_run: str | None = None
-    for _, where, claimed, own, _ in entries.runs:
+    first: dict[str, str] = {}
+    for _, where, claimed, own, run_id in entries.runs:
+        if run_id in first:
+            report.fail(f"{where}: run '{run_id}' is recorded a second time (first in {first[run_id]}): a run is "
+                        "recorded exactly once; a replayed or duplicated record")
+        first.setdefault(run_id, where.split(" (")[0])
         if claimed != previous_run:
             report.fail(f"{where}: previous-record hash {str(claimed)[:16]}… does not match the "
                         f"preceding run record ({str(previous_run)[:16]}…): the chain of runs is broken")

@@ -301,7 +301,6 @@ def test_checkpoint_is_a_c2sp_signed_note(signed: Any) -> None:
     pub = base64.b64decode(json.loads((certus_home() / "keys/alice.pub").read_text())["public_key"])
     entries = ledger_entries(signed.root)
     state = json.loads((ldir / "state.json").read_text())
-    origin = state["origin"]
 
     def check(note: str, size: int) -> None:
         body, _, sigs = note.partition("\n\n")

@@ -636,7 +636,7 @@ def test_ledger_key_revoked_before_a_checkpoint_it_signed(t: Signed, since: str)
                                   "key 'notary': revocation changed; "), failure
         assert "'certus keys sync' rewrites trust.json from the ledger" in failure
         rc, text = t.certus("repro", "c.z=6")  # and no append builds on the edited file
-        assert rc != 0 and "trust.json: differs from the trust state the ledger records (ledger entry 6)" in text
+        assert rc != 0 and "trust.json differs from the trust state the ledger records (ledger entry 6)" in text
         rc, text = t.certus("keys", "sync")
         assert rc == 0 and "trust.json: rewritten from ledger entry 6" in text, text
         t.verify_ok()

@@ -260,7 +260,7 @@ def test_trust_json_edited_silently(t: W) -> None:
     t.mp.setenv("CERTUS_KEY", str(t.home / "other/eve.key"))
     t.mp.setenv("CERTUS_LEDGER_KEY", str(t.home / "other/eve.key"))
     rc, text = t.certus("repro", "c.z=5")
-    assert rc != 0 and "trust.json: differs from the trust state the ledger records" in text
+    assert rc != 0 and "trust.json differs from the trust state the ledger records" in text
     assert "nothing was run" in text and t.runs_log() == [] and t.entries() == before
     t.mp.delenv("CERTUS_KEY")
     t.mp.delenv("CERTUS_LEDGER_KEY")
@@ -307,9 +307,6 @@ def test_trust_change_verify_rejects(t: W, forgery: str) -> None:
     assert f"FAIL: ledger entry {index} (trust.changed" in text and why in text
 
 
-@pytest.mark.xfail(reason="engine gap: check_appendable trusts the ledger index's trust_sha256 without checking the "
-                          "trust record's signature or transition, so repro signs with a key a forged trust "
-                          "change added (and 'keys sync' calls such a trust.json matching the ledger)", strict=True)
 @pytest.mark.parametrize("forgery", FORGERIES)
 def test_repro_refuses_a_ledger_whose_trust_change_verify_rejects(t: W, forgery: str) -> None:
     _, _, attacker = forge_trust_change(t, forgery)
@@ -519,10 +516,6 @@ CTRL_C_AFTER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(reason="engine gap: held_signals() masks SIGINT in the main thread only; the stage executor's "
-                          "thread is still alive during the append, the kernel hands it the Ctrl-C, and the main "
-                          "thread raises KeyboardInterrupt inside the held block before on_commit, so _after "
-                          "records the same run again", strict=True)
 @pytest.mark.parametrize("step", ["checkpoint", "state"])
 def test_ctrl_c_after_the_append_records_the_run_once(t: W, step: str) -> None:
     before = [payload(e)["run_id"] for _, e in t.run_records()]
@@ -534,8 +527,6 @@ def test_ctrl_c_after_the_append_records_the_run_once(t: W, step: str) -> None:
     t.ok("verify")
 
 
-@pytest.mark.xfail(reason="engine gap: verify accepts a run id recorded twice (a replayed record that re-links the "
-                          "chain), although a run must be recorded exactly once", strict=True)
 def test_run_recorded_twice_is_named(t: W) -> None:
     rec = payload(t.run_records()[-1][1])
     index = t.append(forged_run(t, t.signer("alice"), rec["run_id"], stages=rec["stages"],
@@ -666,9 +657,6 @@ def test_derived_dataset_whose_producing_run_is_not_in_the_ledger(d: W) -> None:
             "use")
 
 
-@pytest.mark.xfail(reason="engine gap: approval_problem() judges an approval by its claimed approved_at against "
-                          "trust.json and never asks the ledger (no dataset.approved record needed), so repro "
-                          "consumes data approved by a revoked key after its revocation", strict=True)
 def test_revoked_approver_backdates_an_approval(d: W) -> None:
     (d.root / "data/raw/p.csv").write_text(ROWS + "98,2,gentoo\n")
     d.ok("dataset", "add", "data/raw/p.csv", "--name", "praw", "--source", "field survey, second batch", *ADD)
