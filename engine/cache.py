@@ -318,7 +318,7 @@ class ObjectCache:
             how = " (written through a hardlink?)" if "hardlink" in self.link_types else ""
             raise HashMismatchError(
                 f"cannot restore '{rel}': cache object {digest.short}… was modified{how} and has been removed "
-                f"from the cache (it hashes to {str(actual)[:12]}…; kept as {where or 'nothing'}); "
+                f"from the cache (it hashes to {str(actual)[:12]}…; kept as .certus/quarantine/{os.path.basename(where or '?')}); "
                 "re-run the stage that produces it")
         self._remember(digest, st)
 
