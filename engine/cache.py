@@ -214,6 +214,7 @@ class ObjectCache:
         what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
                 errno.EROFS: "the cache is on a read-only file system", errno.EACCES: "the cache is not writable",
                 errno.EFBIG: "the file is larger than this process may write"}.get(e.errno or 0, e.strerror)
+        where = os.path.relpath(where, os.path.dirname(os.path.dirname(self.root)))  # .certus/cache/ab/…
         return CacheError(f"cannot store output '{label}' in the cache at {where}: {what}; free space there (or "
                           "make .certus/cache writable) and run 'certus repro' again")
 
