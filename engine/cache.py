@@ -97,6 +97,10 @@ def _objkey(st: os.stat_result) -> ObjectKey:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def _shown(quarantined: str | None) -> str:
+    return f".certus/quarantine/{os.path.basename(quarantined)}" if quarantined else "nothing: it was removed"
+
+
 def _unlink_quietly(path: str) -> None:
     with contextlib.suppress(OSError):
         remove_path(path)
@@ -249,9 +253,8 @@ class ObjectCache:
                 data = f.read()
         except FileNotFoundError as e:
             raise CacheError(f"cache object {digest} (a directory manifest) is missing") from e
-        if hashlib.sha256(data).hexdigest() != digest.hex:
-            self.quarantine(digest)
-            raise HashMismatchError(f"cache object {digest} (a directory manifest) is corrupt and was quarantined")
+        if hashlib.sha256(data).hexdigest() != digest.hex:  # checkout quarantines it; verify only reports
+            raise HashMismatchError(f"cache object {digest} (a directory manifest) is corrupt")
         try:
             pairs = [(rel, hexd) for rel, hexd in json.loads(data)]
         except (ValueError, TypeError) as e:
@@ -305,7 +308,9 @@ class ObjectCache:
         already hashed it and its stat has not moved since."""
         p = self.path(digest)
         try:
-            st = os.stat(p)
+            st = os.lstat(p)
+            if not stat_mod.S_ISREG(st.st_mode):
+                raise FileNotFoundError(p)  # a link or anything else in place of an object: not ours
         except FileNotFoundError:
             raise CacheError(f"cannot restore '{rel}': cache object {digest} is missing; "
                              f"re-run the stage that produces it") from None
@@ -319,7 +324,7 @@ class ObjectCache:
             how = " (written through a hardlink?)" if "hardlink" in self.link_types else ""
             raise HashMismatchError(
                 f"cannot restore '{rel}': cache object {digest.short}… was modified{how} and has been removed "
-                f"from the cache (it hashes to {str(actual)[:12]}…; kept as .certus/quarantine/{os.path.basename(where or '?')}); "
+                f"from the cache (it hashes to {str(actual)[:12]}…; kept as {_shown(where)}); "
                 "re-run the stage that produces it")
         self._remember(digest, st)
 
@@ -329,7 +334,14 @@ class ObjectCache:
         Everything is placed under a temporary name first, so a damaged object leaves the
         workspace as it was."""
         target = safe_target(workspace, rel)
-        objects = [("", digest)] if kind != "dir" else [(sub, Digest(h)) for sub, h in self.manifest(digest)]
+        try:
+            objects = [("", digest)] if kind != "dir" else [(sub, Digest(h)) for sub, h in self.manifest(digest)]
+        except HashMismatchError:
+            where = self.quarantine(digest)
+            raise HashMismatchError(
+                f"cannot restore '{rel}': its directory manifest {digest.short}… was modified and has been removed "
+                f"from the cache (kept as {_shown(where)}); "
+                "re-run the stage that produces it") from None
         for _, d in objects:
             if not self.has(d):
                 raise CacheError(f"cannot restore '{rel}': cache object {d} is missing; "

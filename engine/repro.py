@@ -35,6 +35,7 @@ from engine.executor import Executor, JobResult, StageJob
 from engine.fsutil import write_if_changed
 from engine.hashing import Entry, Hasher
 from engine.lockfile import LockFile
+from engine.paths import safe_target
 from engine.plan import lock_entry
 from engine.spec import StageSpec
 from engine.state import StatCache
@@ -193,10 +194,12 @@ class Repro:
         return StageJob(name=st.name, cmd=st.cmd, cwd=self.ws.root, env=env, log_path=log)
 
     def _prepare_outs(self, st: StageSpec) -> None:
-        """Delete declared outputs so the command writes new files, never into a cache inode."""
+        """Delete declared outputs so the command writes new files, never into a cache inode
+        (and never through a parent that an earlier stage turned into a link out of the workspace)."""
         for o in st.all_outs:
-            remove_path(self.ws.p(o))
-            os.makedirs(os.path.dirname(self.ws.p(o)) or self.ws.root, exist_ok=True)
+            target = safe_target(self.ws.root, o)
+            remove_path(target)
+            os.makedirs(os.path.dirname(target) or self.ws.root, exist_ok=True)
 
     def _restore(self, st: StageSpec, outs_rec: dict[str, dict[str, Any]], have: dict[str, Entry | None]) -> None:
         """Restore recorded outputs; every restored byte is hashed against its digest (a damaged
@@ -518,7 +521,12 @@ class Repro:
         if self._executor is None:
             self._executor = self._make_executor(wslock.record_running)
         executor = self._executor
-        self._prepare_outs(st)
+        try:
+            self._prepare_outs(st)
+        except EngineError as e:
+            oc.state, oc.error = "failed", str(e)
+            result.outcomes[st.name] = oc
+            return "failed"
         fut = executor.submit(self._job(st, self._sde_cached()))
         oc.state = "running"
         result.outcomes[st.name] = oc

@@ -204,3 +204,20 @@ def test_dir_manifest_with_escaping_entry_is_refused(ws, tmp_path):
     r = ws.proc("checkout")
     assert r.returncode == 1 and "manifest entry" in _one_error_line(r)
     assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_repro_does_not_delete_or_write_through_a_symlinked_parent(diamond, tmp_path):
+    ws = diamond
+    assert ws.certus("repro") == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "a.txt").write_text("precious\n")
+    import shutil
+    shutil.rmtree(ws.root / "out")
+    os.symlink(elsewhere, ws.root / "out")
+    for args in (("repro",), ("repro", "--force", "a")):
+        r = ws.proc(*args)
+        assert r.returncode != 0
+        assert "symlink" in _one_error_line(r)
+    assert (elsewhere / "a.txt").read_text() == "precious\n"
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["a.txt"]
