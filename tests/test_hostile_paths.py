@@ -221,3 +221,76 @@ def test_repro_does_not_delete_or_write_through_a_symlinked_parent(diamond, tmp_
         assert "symlink" in _one_error_line(r)
     assert (elsewhere / "a.txt").read_text() == "precious\n"
     assert sorted(p.name for p in elsewhere.iterdir()) == ["a.txt"]
+
+
+# -- property: mutated lock files and run-cache records ------------------------------------
+
+def test_mutated_lock_and_run_cache_never_traceback_or_escape(diamond, tmp_path):
+    """Hypothesis rewrites one field of certus.lock or of a run-cache record with hostile values;
+    status, checkout --force and repro (in-process: any non-EngineError escapes and fails the
+    test) must not write outside the workspace nor touch a source file."""
+    import contextlib
+    import io
+    import shutil
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from engine.cli import main
+
+    ws = diamond
+    assert ws.certus("repro") == 0
+    assert ws.certus("repro", "a.x=2") == 0
+    assert ws.certus("repro") == 0
+    sentinel = tmp_path / "abs"
+    sentinel.mkdir()
+    hostile = st.one_of(
+        st.none(), st.booleans(), st.integers(-2, 2**70), st.text(max_size=12),
+        st.sampled_from(["../x", "../../x", str(sentinel / "x"), ".git/x", ".certus/x", "out/../../x", "a\x00b",
+                         "sha256:", "sha256:" + "0" * 64, "sha256:" + "g" * 64, "dir", "file", "link"]),
+        st.lists(st.text(max_size=4), max_size=2), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+    )
+    counter = iter(range(10**6))
+
+    def mutate(doc, path, value, rename):
+        cur = doc
+        for k in path[:-1]:
+            cur = cur[k]
+        if rename and isinstance(cur, dict) and isinstance(value, str):
+            cur[value] = cur.pop(path[-1])
+        else:
+            cur[path[-1]] = value
+
+    def fields(doc, prefix=()):
+        if isinstance(doc, dict):
+            for k, v in doc.items():
+                yield prefix + (k,)
+                yield from fields(v, prefix + (k,))
+
+    base_lock = ws.lock()
+    rec_path = next((ws.root / ".certus" / "runs").rglob("*.json"))
+    base_rec = json.loads(rec_path.read_text())
+    targets = [("lock", f) for f in fields(base_lock)] + [("rec", f) for f in fields(base_rec)]
+
+    @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.sampled_from(targets), hostile, st.booleans())
+    def check(target, value, rename):
+        where, path = target
+        ex = tmp_path / f"ex{next(counter)}"
+        root = ex / "ws"
+        shutil.copytree(ws.root, root, symlinks=True)
+        doc = json.loads(json.dumps(base_lock if where == "lock" else base_rec))
+        mutate(doc, path, value, rename)
+        dst = root / "certus.lock" if where == "lock" else root / rec_path.relative_to(ws.root)
+        os.chmod(dst, 0o644)
+        dst.write_text(json.dumps(doc))
+        sources = {p: (root / p).read_bytes() for p in ("in.txt", "step.py", "pipelines/p.yaml")}
+        for args in (("status",), ("checkout", "--force"), ("repro", "a.x=2"), ("repro",)):
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                assert isinstance(main(["-C", str(root), *args]), int)
+        assert sorted(p.name for p in ex.iterdir()) == ["ws"]
+        assert not list(sentinel.iterdir()) and not (tmp_path / "x").exists()
+        assert all((root / p).read_bytes() == b for p, b in sources.items())
+        shutil.rmtree(ex)
+
+    check()
