@@ -10,10 +10,16 @@ memo cleared before each round, so every object counts as a first use) and off
     small   one directory output of --small files of 1 KiB (default 1,000)
 
 and prints the wall time of each, the cost per restored MiB and the verification overhead.
+``--store`` times storing instead (``ObjectCache.add`` of the same files into a fresh cache,
+which now hashes what it writes); it uses only the API the base commit had too, so the same
+script measures the before figure on a worktree of the base:
+
+    PYTHONPATH=/path/to/base-worktree .venv/bin/python benchmarks/bench_restore.py --store
+
 The full-repro cost of hashing while storing is measured with compare_dvc.py (see
 benchmarks/README.md), on this branch and on its base.
 
-    .venv/bin/python benchmarks/bench_restore.py [--mib 64] [--small 1000] [--repeat 5]
+    .venv/bin/python benchmarks/bench_restore.py [--mib 64] [--small 1000] [--repeat 5] [--store]
 """
 
 from __future__ import annotations
@@ -58,12 +64,31 @@ def measure(name: str, cache: ObjectCache, ws: str, items: list[tuple[str, objec
     return {"verified_s": t_on, "unverified_s": t_off, "mib": mib}
 
 
+def bench_store(ws: str, entries: dict, big: list[str], args: argparse.Namespace) -> int:
+    """Median time to store each set into a fresh cache (fsync per object, as repro does)."""
+    print(f"store ({cache_mod.__file__}), {os.cpu_count()} CPUs; median of {args.repeat}")
+    for label, rels, mib in ((f"{args.mib} x 1 MiB files", big, float(args.mib)),
+                             (f"dir of {args.small} x 1 KiB", ["small"], args.small / 1024)):
+        times = []
+        for i in range(args.repeat + 1):
+            cache = ObjectCache(os.path.join(ws, ".certus", f"cache{i}"))
+            t0 = time.perf_counter()
+            for rel in rels:
+                cache.add(ws, rel, entries[rel])
+            times.append(time.perf_counter() - t0)
+            shutil.rmtree(cache.root)
+        t = statistics.median(times[1:])  # the first round warms up
+        print(f"{label:<28} store {t * 1e3:8.1f} ms   per MiB {t / mib * 1e3:7.2f} ms")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mib", type=int, default=64)
     ap.add_argument("--small", type=int, default=1000)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--tmp", default=None)
+    ap.add_argument("--store", action="store_true", help="time storing (hash while copying) instead")
     args = ap.parse_args(argv)
     root = tempfile.mkdtemp(prefix="certus-bench-restore-", dir=args.tmp)
     try:
@@ -80,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         hasher = Hasher(ws)
         big = [f"big/f{i:04d}.bin" for i in range(args.mib)]
         entries = hasher.hash_many([*big, "small"])
+        if args.store:
+            return bench_store(ws, entries, big, args)
         t0 = time.perf_counter()
         for rel, e in entries.items():
             assert e is not None
