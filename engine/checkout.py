@@ -1,4 +1,9 @@
-"""``certus checkout``: make the workspace match ``certus.lock`` from the cache."""
+"""``certus checkout``: make the workspace match ``certus.lock`` from the cache.
+
+``certus.lock`` is checked first (paths and digests; a bad entry is a one-line error), and
+every restored byte is hashed against the digest the lock names: a damaged cache object is
+quarantined and its output named in the error, the other outputs are still restored.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import os
 
 from engine.cache import ObjectCache, link_types_from
 from engine.digest import Digest
+from engine.errors import CacheError, EngineError
 from engine.hashing import Hasher
 from engine.lockfile import LockFile
 from engine.state import StatCache
@@ -25,7 +31,7 @@ def checkout(ws: Workspace, *, targets: list[str] | None = None, force: bool = F
     state = StatCache(os.path.join(ws.dot, "state.db"))
     hasher = Hasher(ws.root, state=state)
     cache = ObjectCache(os.path.join(ws.dot, "cache"), link_types=link_types_from(ws.compose([])), state=state)
-    restored, kept = [], []
+    restored, kept, failed = [], [], []
     with WorkspaceLock(ws).held(command="checkout"):
         have = hasher.hash_many(list(wanted))
         for path, rec in sorted(wanted.items()):
@@ -35,7 +41,15 @@ def checkout(ws: Workspace, *, targets: list[str] | None = None, force: bool = F
             if e is not None and not force:
                 kept.append(path)
                 continue
-            cache.checkout(ws.root, path, Digest.parse(str(rec["digest"])), str(rec.get("kind", "file")))
+            try:
+                cache.checkout(ws.root, path, Digest.parse(str(rec["digest"])), str(rec.get("kind", "file")))
+            except EngineError as e:
+                failed.append(str(e))
+                continue
             restored.append(path)
     state.flush()
+    if failed:
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        done = f"; restored {len(restored)} other output(s)" if restored else ""
+        raise CacheError(f"{failed[0]}{more}{done}")
     return restored, kept

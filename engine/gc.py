@@ -8,6 +8,7 @@ from engine.cache import ObjectCache, RunCache
 from engine.digest import Digest
 from engine.errors import CacheError
 from engine.lockfile import LockFile
+from engine.paths import out_record_problem
 from engine.workspace import Workspace, WorkspaceLock
 
 __all__ = ["gc"]
@@ -29,7 +30,10 @@ def gc(ws: Workspace, *, workspace_only: bool = False, dry: bool = False) -> tup
                 if not dry:
                     runs.remove(key)
                 continue
-            roots += [(str(r["digest"]), str(r.get("kind", "file"))) for r in rec.get("outs", {}).values()]
+            outs = rec.get("outs") if isinstance(rec, dict) else None
+            # a malformed record protects nothing (it would never be restored from)
+            roots += [(str(r["digest"]), str(r.get("kind", "file"))) for p, r in
+                      (outs.items() if isinstance(outs, dict) else ()) if out_record_problem(p, r) is None]
         keep: set[str] = set()
         for digest, kind in roots:
             try:

@@ -6,6 +6,11 @@ depends on names and contents, not on timestamps or the order the disk lists ent
 The manifest bytes are also what the cache stores for a directory, so a directory output
 can be restored from its digest alone.
 
+Symbolic links inside a directory are never followed: a link found while walking one raises
+:class:`~engine.paths.SymlinkError` naming it (a link to a file outside would otherwise put
+that file's bytes in the read-only cache; a dangling link or a loop would be a traceback).
+Certus refuses links rather than storing them as links: an output is plain files.
+
 Files are hashed concurrently on a thread pool (hashlib releases the GIL while it hashes),
 and the stat cache means a file whose inode, size and mtime are unchanged is not read.
 """
@@ -21,9 +26,10 @@ from dataclasses import dataclass
 
 from engine.canonical import canonical_bytes
 from engine.digest import Digest
+from engine.paths import SymlinkError
 from engine.state import NoopState, StateStore
 
-__all__ = ["Entry", "Hasher", "dir_manifest_bytes", "file_digest"]
+__all__ = ["Entry", "Hasher", "dir_manifest_bytes", "file_digest", "copy_hashing"]
 
 _CHUNK = 1 << 20
 _PARALLEL_MIN_BYTES = 4 << 20  # below this much unread data, hash on the calling thread
@@ -60,6 +66,29 @@ def file_digest(path: str) -> str:
         return h.hexdigest()
 
 
+def copy_hashing(src: str, dst: str) -> str:
+    """Copy ``src`` to a new file ``dst`` (never through a link), returning the SHA-256 of the
+    bytes written: what lands in ``dst`` is exactly what was hashed."""
+    h = hashlib.sha256()
+    fin = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            size = os.fstat(fin).st_size
+            buf = bytearray(min(_CHUNK, max(size, 1) + 1))  # +1: see EOF in one read for small files
+            view = memoryview(buf)
+            while n := os.readv(fin, [buf]):
+                chunk = view[:n]
+                h.update(chunk)
+                while chunk:
+                    chunk = chunk[os.write(fout, chunk):]
+        finally:
+            os.close(fout)
+    finally:
+        os.close(fin)
+    return h.hexdigest()
+
+
 def dir_manifest_bytes(files: Iterable[tuple[str, str, int]]) -> bytes:
     """Canonical manifest of a directory: sorted ``[relpath, hex]`` pairs."""
     return canonical_bytes(sorted([rel, hexd] for rel, hexd, _ in files))
@@ -83,7 +112,11 @@ class Hasher:
             with os.scandir(os.path.join(self.root, cur)) as it:
                 for e in it:
                     r = f"{cur}/{e.name}"
-                    st = e.stat()
+                    if e.is_symlink():
+                        raise SymlinkError(
+                            f"'{r}' is a symbolic link inside directory '{rel}'; Certus never follows links "
+                            "in directories: write the file itself there, or remove the link")
+                    st = e.stat(follow_symlinks=False)
                     if stat_mod.S_ISDIR(st.st_mode):
                         stack.append(r)
                     elif stat_mod.S_ISREG(st.st_mode):
@@ -102,6 +135,8 @@ class Hasher:
             except (FileNotFoundError, NotADirectoryError):
                 result[rel] = None
                 continue
+            except OSError as e:  # ELOOP: a link loop
+                raise SymlinkError(f"'{rel}': {e.strerror}; remove the link") from None
             if stat_mod.S_ISDIR(st.st_mode):
                 dirs[rel] = self._walk(rel)
                 members = dirs[rel]

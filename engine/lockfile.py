@@ -3,6 +3,11 @@
 JSON with sorted keys and two-space indent: one entry per stage with its key, resolved
 command, dep digests, param values, declared env and output digests. Nothing incidental
 (times, hosts, run ids) goes in, so the same inputs give the same bytes.
+
+The lock is input too (it is committed, so anyone can edit it): every path in it goes
+through the spec's path rules and every digest must be ``sha256:<64 hex>``. A bad entry is a
+one-line error naming the stage and field; ``repro`` (``lenient``) instead drops it with a
+note, which makes that stage run again, so ``certus repro STAGE`` is the way out.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any
 
 from engine.errors import WorkspaceError
 from engine.fsutil import atomic_write
+from engine.paths import digest_problem, out_record_problem, path_problem
 
 __all__ = ["LockFile", "StageLock", "LOCK_VERSION"]
 
@@ -40,6 +46,22 @@ class StageLock:
         return cls(key=d["key"], cmd=d["cmd"], deps=dict(d.get("deps", {})), params=dict(d.get("params", {})),
                    env=dict(d.get("env", {})), outs=dict(d.get("outs", {})))
 
+    def problem(self) -> str | None:
+        """The first malformed field (``field: why``), or None."""
+        if digest_problem(self.key) is not None:
+            return f"key: {digest_problem(self.key)}"
+        if not isinstance(self.cmd, str):
+            return "cmd: not a string"
+        for p, d in self.deps.items():
+            why = path_problem(p)[1] or digest_problem(d)
+            if why:
+                return f"deps '{str(p)[:120]}': {why}"
+        for p, rec in self.outs.items():
+            why = out_record_problem(p, rec)
+            if why:
+                return f"outs '{str(p)[:120]}': {why}"
+        return None
+
 
 class LockFile:
     """The lock file, loaded; mutate with :meth:`set`/:meth:`drop`, then :meth:`save`."""
@@ -49,9 +71,12 @@ class LockFile:
         self.stages: dict[str, StageLock] = stages or {}
         self.pipeline = pipeline
         self._texts: dict[str, tuple[StageLock, str]] = {}  # name -> (entry, its encoded text)
+        self.problems: list[str] = []  # entries a lenient load dropped, one line each
 
     @classmethod
-    def load(cls, path: str) -> LockFile:
+    def load(cls, path: str, *, lenient: bool = False) -> LockFile:
+        """Read and check the lock; a malformed entry raises, or with ``lenient`` is dropped and
+        described in :attr:`problems` (the stage then counts as never run)."""
         if not os.path.exists(path):
             return cls(path)
         try:
@@ -60,9 +85,21 @@ class LockFile:
             stages = {n: StageLock.from_dict(s) for n, s in data.get("stages", {}).items()}
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise WorkspaceError(
-                f"{path}: not a valid Certus lock file ({e}); restore it from git or delete it to re-run"
+                f"{path}: not a valid Certus lock file ({str(e)[:200]}); restore it from git or delete it to re-run"
             ) from e
-        return cls(path, stages, data.get("pipeline", ""))
+        problems = []
+        for name, entry in list(stages.items()):
+            why = entry.problem()
+            if why:
+                msg = (f"{os.path.basename(path)}: stage '{str(name)[:120]}', {why}; run 'certus repro {name}' "
+                       "or restore certus.lock from git")
+                if not lenient:
+                    raise WorkspaceError(msg)
+                problems.append(msg)
+                del stages[name]
+        lock = cls(path, stages, data.get("pipeline", ""))
+        lock.problems = problems
+        return lock
 
     def get(self, name: str) -> StageLock | None:
         return self.stages.get(name)

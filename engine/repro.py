@@ -31,11 +31,12 @@ from typing import Any, TextIO
 
 from engine.cache import ObjectCache, RunCache, link_types_from, remove_path
 from engine.digest import Digest
-from engine.errors import InterruptedRunError, StageFailedError
+from engine.errors import EngineError, InterruptedRunError, StageFailedError
 from engine.executor import Executor, JobResult, StageJob
 from engine.fsutil import write_if_changed
 from engine.hashing import Entry, Hasher
 from engine.lockfile import LockFile
+from engine.paths import safe_target
 from engine.plan import lock_entry
 from engine.spec import StageSpec
 from engine.state import StatCache
@@ -143,7 +144,9 @@ class Repro:
         self.jobs = max(1, opts.jobs or os.cpu_count() or 1)
         self.hasher = Hasher(ws.root, state=self.state, jobs=self.jobs)
         self.run_id = new_run_id()
-        self.lock = LockFile.load(ws.lock_path)
+        self.lock = LockFile.load(ws.lock_path, lenient=True)  # a malformed entry: that stage runs again
+        for note in self.lock.problems:
+            self.err.write(f"[certus] note: ignoring a malformed entry: {note}\n")
         self.lock.pipeline = self.spec.path
         self._last_save = 0.0
         self._save_every = 0.25
@@ -198,14 +201,15 @@ class Repro:
                         writable=st.writable, timeout=st.timeout)
 
     def _prepare_outs(self, st: StageSpec) -> dict[str, str]:
-        """Delete declared outputs so the command writes new files, never into a cache inode.
+        """Delete declared outputs so the command writes new files, never into a cache inode
+        (and never through a parent that an earlier stage turned into a link out of the workspace).
 
         Returns each output's kind ("file" / "dir", "" when unknown) for the sandbox, which
         pre-creates it so the stage may write exactly that path."""
         locked = self.lock.get(st.name)
         kinds: dict[str, str] = {}
         for o in st.all_outs:
-            p = self.ws.p(o)
+            p = safe_target(self.ws.root, o)
             if os.path.lexists(p):
                 kinds[o] = "dir" if os.path.isdir(p) and not os.path.islink(p) else "file"
             elif locked is not None and o in locked.outs:
@@ -217,6 +221,8 @@ class Repro:
         return kinds
 
     def _restore(self, st: StageSpec, outs_rec: dict[str, dict[str, Any]], have: dict[str, Entry | None]) -> None:
+        """Restore recorded outputs; every restored byte is hashed against its digest (a damaged
+        object raises :class:`~engine.errors.HashMismatchError` and is quarantined)."""
         for p, rec in outs_rec.items():
             e = have.get(p)
             if e is not None and str(e.digest) == rec["digest"]:
@@ -253,7 +259,11 @@ class Repro:
             oc.state = "failed"
             oc.error = res.error or f"exit status {res.returncode}"
             return
-        outs = self.hasher.hash_many(st.all_outs)
+        try:
+            outs = self.hasher.hash_many(st.all_outs)
+        except EngineError as e:  # a symbolic link inside a directory output
+            oc.state, oc.error = "failed", str(e)
+            return
         missing = [p for p, e in outs.items() if e is None]
         if missing:
             oc.state = "failed"
@@ -278,10 +288,14 @@ class Repro:
             oc.error = f"modified its dependency in place: {', '.join(changed)}; write new files instead"
             return
         real_outs = {p: e for p, e in outs.items() if e is not None}
-        for p, e in real_outs.items():
-            self.cache.add(self.ws.root, p, e)
         entry = lock_entry(st, key, pre_deps, real_outs)
-        self.runs.put(key, {"stage": st.name, "outs": entry.outs, "run_id": self.run_id})
+        try:  # each object hashed as it is stored; a full disk or changed output fails only this stage
+            for p, e in real_outs.items():
+                self.cache.add(self.ws.root, p, e)
+            self.runs.put(key, {"stage": st.name, "outs": entry.outs, "run_id": self.run_id})
+        except EngineError as e:
+            oc.state, oc.error = "failed", str(e)
+            return
         self.lock.set(st.name, entry)
         self._dirty = True
         oc.state = "ran"
@@ -305,7 +319,8 @@ class Repro:
                 rows.append((n, "may run", (f"upstream will run: {', '.join(ups)}",) + ev.reasons))
                 will.add(n)
             elif self.opts.force or ev.reasons:
-                rec = None if self.opts.force or st.always_changed else self.runs.get(Digest.parse(ev.key))
+                rec = None if self.opts.force or st.always_changed else \
+                    self.runs.lookup(Digest.parse(ev.key), st.name, st.all_outs)[0]
                 if rec and all(self.cache.complete(Digest.parse(r["digest"]), r.get("kind", "file"))
                                for r in rec["outs"].values()):
                     rows.append((n, "restore", ev.reasons + ("known key: restore from run cache",)))
@@ -528,11 +543,19 @@ class Repro:
             result.outcomes[st.name] = oc
             return "failed"
         if self.opts.run_cache and not force and not st.always_changed:
-            rec = self.runs.get(key)
-            if rec and set(rec["outs"]) == set(st.all_outs) and all(
+            rec, note = self.runs.lookup(key, st.name, st.all_outs)  # a malformed record is a miss
+            if note:
+                self.err.write(f"[certus] note: {note}\n")
+            restored = rec is not None and all(
                 self.cache.complete(Digest.parse(r["digest"]), r.get("kind", "file")) for r in rec["outs"].values()
-            ) and self._restorable(st, rec["outs"]):
-                self._restore(st, rec["outs"], ev.outs)
+            ) and self._restorable(st, rec["outs"])
+            if restored:
+                try:
+                    self._restore(st, rec["outs"], ev.outs)
+                except EngineError as e:  # a damaged object (quarantined) or an unsafe path: run instead
+                    self.err.write(f"[certus] stage '{st.name}': {e}; running it instead\n")
+                    restored = False
+            if restored:
                 self.lock.set(st.name, lock_entry(st, key, ev.deps, {}))
                 entry = self.lock.get(st.name)
                 assert entry is not None
@@ -546,7 +569,12 @@ class Repro:
         if self._executor is None:
             self._executor = self._make_executor(wslock.record_running)
         executor = self._executor
-        kinds = self._prepare_outs(st)
+        try:
+            kinds = self._prepare_outs(st)
+        except EngineError as e:
+            oc.state, oc.error = "failed", str(e)
+            result.outcomes[st.name] = oc
+            return "failed"
         fut = executor.submit(self._job(st, self._sde_cached(), kinds))
         oc.state = "running"
         result.outcomes[st.name] = oc

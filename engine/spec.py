@@ -23,6 +23,7 @@ from typing import Any
 
 from engine.errors import SpecError
 from engine.interpolate import InterpolationFailure, resolve_strings, shell_words
+from engine.paths import path_problem
 
 __all__ = ["StageSpec", "PipelineSpec", "load_spec_text", "STAGE_KEYS"]
 
@@ -291,22 +292,9 @@ def _expand(raw_stages: Mapping[str, Any], probs: _Problems) -> list[tuple[str, 
 
 
 def _norm_path(p: Any, probs: _Problems, kp: tuple[Any, ...], stage: str, fld: str) -> str | None:
-    if not isinstance(p, str) or not p.strip():
-        probs.add(kp, stage, fld, f"path {p!r} is not a non-empty string")
-        return None
-    if p.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", p):
-        probs.add(kp, stage, fld, f"path '{p}' is absolute; use a path relative to the workspace root")
-        return None
-    norm = posixpath.normpath(p.replace("\\", "/"))
-    if norm == ".." or norm.startswith("../"):
-        probs.add(kp, stage, fld, f"path '{p}' escapes the workspace; keep it inside the workspace root")
-        return None
-    if norm == ".":
-        probs.add(kp, stage, fld, "path '.' is the whole workspace; name a file or directory in it")
-        return None
-    if norm == ".certus" or norm.startswith(".certus/") or norm == ".git" or norm.startswith(".git/"):
-        probs.add(kp, stage, fld, f"path '{p}' is inside Certus's or git's own directory")
-        return None
+    norm, why = path_problem(p)  # the same rules as for paths in certus.lock and run-cache records
+    if why:
+        probs.add(kp, stage, fld, why)
     return norm
 
 

@@ -10,6 +10,10 @@ SQLite in WAL mode, so ``certus status`` can read it while a ``repro`` writes it
 are loaded once per process and written back in one transaction. It is only a cache: a
 damaged database (garbled bytes, a foreign schema) is deleted and rebuilt, with one note on
 stderr, instead of breaking every command until someone deletes it by hand.
+
+A second table records each cache object's (inode, size, mtime_ns, ctime_ns) when it was
+stored and hashed; the object cache re-hashes an object whose stat moved since. It is loaded
+only when the object cache asks, so ``status`` never reads it.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ import sys
 import time
 from typing import Protocol
 
-__all__ = ["StatCache", "NoopState", "StateStore", "StatKey"]
+__all__ = ["StatCache", "NoopState", "StateStore", "StatKey", "ObjectKey"]
 
 StatKey = tuple[int, int, int]  # inode, size, mtime_ns
+ObjectKey = tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns
 _RACY_NS = 10_000_000
 _TRANSIENT = ("locked", "busy", "readonly", "read-only", "unable to open", "disk i/o", "no such table")
 
@@ -36,6 +41,8 @@ def _damaged(e: sqlite3.DatabaseError) -> bool:
 class StateStore(Protocol):
     def get(self, path: str, key: StatKey) -> str | None: ...
     def put(self, path: str, key: StatKey, hexdigest: str) -> None: ...
+    def object_key(self, hexdigest: str) -> ObjectKey | None: ...
+    def put_object(self, hexdigest: str, key: ObjectKey) -> None: ...
     def flush(self) -> None: ...
 
 
@@ -46,6 +53,12 @@ class NoopState:
         return None
 
     def put(self, path: str, key: StatKey, hexdigest: str) -> None:
+        return None
+
+    def object_key(self, hexdigest: str) -> ObjectKey | None:
+        return None
+
+    def put_object(self, hexdigest: str, key: ObjectKey) -> None:
         return None
 
     def flush(self) -> None:
@@ -60,6 +73,8 @@ class StatCache:
         self.readonly = readonly
         self._rows: dict[str, tuple[int, int, int, str]] | None = None
         self._pending: dict[str, tuple[int, int, int, str]] = {}
+        self._objects: dict[str, ObjectKey] | None = None
+        self._pending_objects: dict[str, ObjectKey] = {}
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
@@ -112,8 +127,32 @@ class StatCache:
             rows[path] = row
             self._pending[path] = row
 
+    def object_key(self, hexdigest: str) -> ObjectKey | None:
+        """The stat a cache object had when it was stored (and hashed), if recorded."""
+        if self._objects is None:
+            self._objects = {}
+            if os.path.exists(self.db_path):
+                try:
+                    con = self._connect()
+                    try:
+                        for hexd, ino, size, mtime, ctime in con.execute(
+                            "SELECT digest, ino, size, mtime_ns, ctime_ns FROM objects"
+                        ):
+                            self._objects[hexd] = (ino, size, mtime, ctime)
+                    finally:
+                        con.close()
+                except sqlite3.DatabaseError:
+                    pass  # no table yet, or a damaged cache: objects get re-hashed
+        return self._objects.get(hexdigest)
+
+    def put_object(self, hexdigest: str, key: ObjectKey) -> None:
+        if self.object_key(hexdigest) != key:
+            assert self._objects is not None
+            self._objects[hexdigest] = key
+            self._pending_objects[hexdigest] = key
+
     def flush(self) -> None:
-        if not self._pending or self.readonly:
+        if (not self._pending and not self._pending_objects) or self.readonly:
             return
         for attempt in (1, 2):
             try:
@@ -124,6 +163,7 @@ class StatCache:
                     continue
                 return  # busy or read-only file system: the cache is an optimisation
             self._pending.clear()
+            self._pending_objects.clear()
             return
 
     def _write(self) -> None:
@@ -134,10 +174,18 @@ class StatCache:
                 "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, ino INTEGER, size INTEGER,"
                 " mtime_ns INTEGER, digest TEXT)"
             )
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS objects (digest TEXT PRIMARY KEY, ino INTEGER, size INTEGER,"
+                " mtime_ns INTEGER, ctime_ns INTEGER)"
+            )
             con.execute("BEGIN IMMEDIATE")
             con.executemany(
                 "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)",
                 [(p, *r) for p, r in self._pending.items()],
+            )
+            con.executemany(
+                "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?)",
+                [(h, *k) for h, k in self._pending_objects.items()],
             )
             con.execute("COMMIT")
         finally:
