@@ -41,7 +41,6 @@ import contextlib
 import errno
 import fcntl
 import hashlib
-import json
 import os
 import shutil
 import stat as stat_mod
@@ -52,7 +51,7 @@ from typing import Any
 from engine.digest import Digest
 from engine.errors import CacheError, HashMismatchError
 from engine.fsutil import atomic_write
-from engine.hashing import Entry, copy_hashing, dir_manifest_bytes, file_digest
+from engine.hashing import Entry, copy_hashing, dir_manifest_bytes, file_digest, parse_dir_manifest
 from engine.paths import SymlinkError, path_problem, safe_target
 from engine.runcache import RunCache, record_problem
 from engine.state import ObjectKey, StateStore
@@ -256,7 +255,7 @@ class ObjectCache:
         if hashlib.sha256(data).hexdigest() != digest.hex:  # checkout quarantines it; verify only reports
             raise HashMismatchError(f"cache object {digest} (a directory manifest) is corrupt")
         try:
-            pairs = [(rel, hexd) for rel, hexd in json.loads(data)]
+            pairs = parse_dir_manifest(data)
         except (ValueError, TypeError) as e:
             raise CacheError(f"cache object {digest} is not a directory manifest") from e
         for rel, hexd in pairs:

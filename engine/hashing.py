@@ -1,10 +1,12 @@
 """Content hashing of workspace files and directories (SHA-256).
 
-A file's digest is SHA-256 of its bytes. A directory's digest is SHA-256 of its manifest:
-the canonical JSON of the sorted list of ``[relative path, file hex digest]`` pairs, so it
-depends on names and contents, not on timestamps or the order the disk lists entries.
-The manifest bytes are also what the cache stores for a directory, so a directory output
-can be restored from its digest alone.
+A file's digest is SHA-256 of its bytes. A directory's digest is SHA-256 of its manifest,
+one ``<file hex digest>  <relative path>\n`` line per file sorted by path — the output of
+``sha256sum`` over the sorted files, so the digest is in-toto's ``dirHash`` tree digest (Go's
+dirhash "h1" in hex) that anyone can recompute with coreutils. It depends on names and contents,
+not on timestamps or the order the disk lists entries; a file name holding a newline cannot be
+listed and is refused. The manifest bytes are also what the cache stores for a directory, so a
+directory output can be restored from its digest alone (manifests in the older JSON form still read).
 
 Symbolic links inside a directory are never followed: a link found while walking one raises
 :class:`~engine.paths.SymlinkError` naming it (a link to a file outside would otherwise put
@@ -24,12 +26,12 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from engine.canonical import canonical_bytes
 from engine.digest import Digest
+from engine.errors import WorkspaceError
 from engine.paths import SymlinkError
 from engine.state import NoopState, StateStore
 
-__all__ = ["Entry", "Hasher", "dir_manifest_bytes", "file_digest", "copy_hashing"]
+__all__ = ["Entry", "Hasher", "dir_manifest_bytes", "parse_dir_manifest", "file_digest", "copy_hashing"]
 
 _CHUNK = 1 << 20
 _PARALLEL_MIN_BYTES = 4 << 20  # below this much unread data, hash on the calling thread
@@ -90,8 +92,32 @@ def copy_hashing(src: str, dst: str) -> str:
 
 
 def dir_manifest_bytes(files: Iterable[tuple[str, str, int]]) -> bytes:
-    """Canonical manifest of a directory: sorted ``[relpath, hex]`` pairs."""
-    return canonical_bytes(sorted([rel, hexd] for rel, hexd, _ in files))
+    """A directory's manifest: ``sha256sum`` lines of its files, sorted by path (in-toto dirHash)."""
+    lines = []
+    for rel, hexd, _ in sorted(files):
+        if "\n" in rel or "\r" in rel:
+            raise WorkspaceError(f"{rel!r}: a file name with a line break cannot be listed in a directory "
+                                    "manifest (in-toto dirHash); rename it")
+        lines.append(f"{hexd}  {rel}\n")
+    return "".join(lines).encode("utf-8")
+
+
+def parse_dir_manifest(data: bytes) -> list[tuple[str, str]]:
+    """``[(relpath, hex)]`` from a manifest: ``sha256sum`` lines, or the older canonical JSON list."""
+    import json
+
+    if data.startswith(b"["):
+        return [(rel, hexd) for rel, hexd in json.loads(data)]
+    text = data.decode("utf-8")
+    if text and not text.endswith("\n"):
+        raise ValueError("manifest does not end with a newline")
+    out = []
+    for line in text.splitlines():
+        hexd, sep, rel = line.partition("  ")
+        if not sep or len(hexd) != 64:
+            raise ValueError(f"not a manifest line: {line[:80]!r}")
+        out.append((rel, hexd))
+    return out
 
 
 class Hasher:

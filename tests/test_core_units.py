@@ -61,10 +61,10 @@ def test_file_and_directory_hashing(tmp_path):
     res = h.hash_many(["f.bin", "d", "missing"])
     assert res["f.bin"].digest.hex == hashlib.sha256(b"hello").hexdigest()
     assert res["missing"] is None
-    pairs = sorted([["b.txt", hashlib.sha256(b"B").hexdigest()], ["sub/a.txt", hashlib.sha256(b"A").hexdigest()]])
-    expected = hashlib.sha256(json.dumps(pairs, separators=(",", ":")).encode()).hexdigest()
-    assert res["d"].digest.hex == expected and res["d"].kind == "dir"
-    assert dir_manifest_bytes(res["d"].files) == json.dumps(pairs, separators=(",", ":")).encode()
+    listing = (f"{hashlib.sha256(b'B').hexdigest()}  b.txt\n"  # `sha256sum` of the sorted files: in-toto dirHash
+               f"{hashlib.sha256(b'A').hexdigest()}  sub/a.txt\n").encode()
+    assert res["d"].digest.hex == hashlib.sha256(listing).hexdigest() and res["d"].kind == "dir"
+    assert dir_manifest_bytes(res["d"].files) == listing
     # renaming a file inside changes the directory digest; timestamps do not
     os.utime(tmp_path / "d" / "b.txt", ns=(1, 1))
     assert Hasher(str(tmp_path)).hash_path("d").digest == res["d"].digest
@@ -163,7 +163,6 @@ def test_canonical_bytes_without_floats_match_the_token_path():
 
 
 def test_overwrite_small_keeps_json_readable_when_it_shrinks(tmp_path):
-    import json
 
     from engine.fsutil import overwrite_small
 
@@ -190,7 +189,6 @@ def test_write_if_changed_skips_identical_bytes(tmp_path):
 
 
 def test_lock_bytes_equal_the_plain_encoder_while_entries_change():
-    import json
     import random
 
     from engine.lockfile import LOCK_VERSION, LockFile, StageLock
