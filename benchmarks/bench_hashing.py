@@ -2,11 +2,11 @@
 """SHA-256 hashing throughput: Certus's hasher vs OpenSSL vs plain hashlib.
 
 1. One big file (default 1 GiB, written to --tmp, page cache warmed first, best of --repeat):
-     engine.hashing.file_digest      what Certus uses for every file
+     engine.store.hashing.file_digest      what Certus uses for every file
      hashlib, 1 MiB readinto loop    the textbook loop, same library underneath
      openssl dgst -sha256            the reference (one core; includes process start, ~ms)
    GB/s = 10^9 bytes per second; "vs openssl" = our GB/s / openssl's GB/s.
-2. Many files through engine.hashing.Hasher(root, state=None, jobs=J), J = 1 and 2 (no stat
+2. Many files through engine.store.hashing.Hasher(root, state=None, jobs=J), J = 1 and 2 (no stat
    cache, so every byte is read): 2,000 files of 256 KiB (throughput), 10,000 files of
    256 B (per-file cost; under 4 MiB in all, which the hasher hashes on one thread whatever
    jobs says) and 20,000 files of 1 KiB (per-file cost on the threaded path). jobs=2 on a
@@ -34,7 +34,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from engine.hashing import Hasher, file_digest  # noqa: E402
+from engine.store.hashing import Hasher, file_digest  # noqa: E402
 
 
 def write_file(path: str, size: int) -> None:
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     t, d_certus = best_of(file_digest, big, a.repeat)
-    rows.append(("engine.hashing.file_digest", t, d_certus))
+    rows.append(("engine.store.hashing.file_digest", t, d_certus))
     t, d_loop = best_of(hashlib_loop, big, a.repeat)
     rows.append(("hashlib 1 MiB readinto loop", t, d_loop))
     if have_openssl:

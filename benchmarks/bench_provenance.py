@@ -25,15 +25,15 @@ from types import SimpleNamespace
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from engine.adapters.keys import generate_key, save_key  # noqa: E402
-from engine.canonical import canonical_bytes  # noqa: E402
-from engine.dsse import sign_envelope  # noqa: E402
-from engine.provenance import NoteSignerAdapter, Provenance  # noqa: E402
-from engine.records import RUN_TYPE, RunRecord, attestation_root  # noqa: E402
-from engine.repro import ReproResult, StageOutcome  # noqa: E402
-from engine.spec import StageSpec  # noqa: E402
-from engine.statement import PAYLOAD_TYPE, rfc3339, stage_statement  # noqa: E402
-from engine.trust import TrustStore  # noqa: E402
-from engine.workspace import Workspace  # noqa: E402
+from engine.pipeline.spec import StageSpec  # noqa: E402
+from engine.provenance.canonical import canonical_bytes  # noqa: E402
+from engine.provenance.dsse import sign_envelope  # noqa: E402
+from engine.provenance.recorder import NoteSignerAdapter, Provenance  # noqa: E402
+from engine.provenance.records import RUN_TYPE, RunRecord, attestation_root  # noqa: E402
+from engine.provenance.statement import PAYLOAD_TYPE, rfc3339, stage_statement  # noqa: E402
+from engine.provenance.trust import TrustStore  # noqa: E402
+from engine.run.repro import ReproResult, StageOutcome  # noqa: E402
+from engine.store.workspace import Workspace  # noqa: E402
 
 # the spec the synthetic verify runs name, so verify re-derives their commands from it
 SPEC = "stages:\n  train:\n    cmd: python train.py\n    params: [C]\n"
@@ -82,7 +82,7 @@ def bench_record(n: int) -> None:
         dt = time.perf_counter() - t0
         print(f"provenance of a {n}-stage run (attest+sign {n} statements, Merkle root, sign record, "
               f"ledger append): {dt * 1000:.0f} ms  ({dt / n * 1e6:.0f} µs/stage)  target < 500 ms")
-        from engine.verify import verify_workspace
+        from engine.provenance.verify import verify_workspace
 
         t0 = time.perf_counter()
         report = verify_workspace(ws)
@@ -91,7 +91,7 @@ def bench_record(n: int) -> None:
 
 
 def bench_verify(runs: int, batch_size: int = 1, keep: str | None = None) -> None:
-    from engine.ledger import Ledger
+    from engine.provenance.ledger import Ledger
 
     with tempfile.TemporaryDirectory() as scratch:
         tmp = keep or scratch
@@ -164,7 +164,7 @@ def machine_speed() -> str:
 
 
 def _time_verify(ws: Workspace, ledger, runs: int) -> None:
-    from engine.verify import verify_workspace
+    from engine.provenance.verify import verify_workspace
 
     print(machine_speed())
 

@@ -35,9 +35,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-import engine.cache as cache_mod  # noqa: E402
-from engine.cache import ObjectCache  # noqa: E402
-from engine.hashing import Hasher  # noqa: E402
+import engine.store.cache as cache_mod  # noqa: E402
+from engine.store.cache import ObjectCache  # noqa: E402
+from engine.store.hashing import Hasher  # noqa: E402
 
 
 def _restore_round(cache: ObjectCache, ws: str, items: list[tuple[str, object, str]], verify: bool) -> float:

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from engine.adapters.local import LocalExecutor  # noqa: E402
 from engine.adapters.sandbox import RunSandbox, landlock_abi  # noqa: E402
-from engine.executor import StageJob  # noqa: E402
+from engine.run.executor import StageJob  # noqa: E402
 
 
 def steps(ws: str, n: int) -> dict[str, float]:

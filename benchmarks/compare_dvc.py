@@ -75,7 +75,7 @@ def _io():
 atexit.register(_io)
 eng = sys.argv[1]
 if eng == "certus":
-    from engine.cli import main
+    from engine.cli.main import main
 else:
     from dvc.cli import main
 sys.exit(main(sys.argv[2:]))

@@ -1,5 +1,5 @@
 """``python -m engine`` is the same as the ``certus`` console script."""
 
-from engine.cli import main
+from engine.cli.main import main
 
 raise SystemExit(main())

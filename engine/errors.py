@@ -81,7 +81,7 @@ class DatasetError(EngineError):
     """A dataset is unknown, unapproved, modified, expired, or not allowed for a stage."""
 
 
-# --- signing, envelopes and trust (engine.dsse, engine.signing, engine.trust) ---------------
+# --- signing, envelopes and trust (engine.provenance: dsse, signing, trust) --------------------
 
 
 class EnvelopeFormatError(SignatureError):

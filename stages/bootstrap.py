@@ -18,8 +18,8 @@ import os
 import sys
 
 from engine.adapters.keys import make_private_dir
-from engine.cli import main
-from engine.provenance import keys_dir
+from engine.cli.main import main
+from engine.provenance.recorder import keys_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAW = "data/raw/wine.csv"
@@ -48,7 +48,7 @@ def run() -> None:
     for name, role in KEYS:
         roles = [arg for r in (role, *EXTRA_ROLES.get(role, ())) for arg in ("--role", r)]
         certus("keys", "trust", os.path.join(keys_dir(), f"{name}.pub"), *roles)
-    from engine.datasets import Registry
+    from engine.datasets.registry import Registry
 
     reg = Registry.load(ROOT)
     if "wine-raw" not in reg.entries:

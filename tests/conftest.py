@@ -12,7 +12,7 @@ from pathlib import Path
 import nacl.signing
 import pytest
 
-from engine.cli import main
+from engine.cli.main import main
 
 BIN = os.path.dirname(sys.executable)
 

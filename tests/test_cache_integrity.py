@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.cache import ObjectCache
 from engine.errors import HashMismatchError
-from engine.hashing import Hasher
+from engine.store.cache import ObjectCache
+from engine.store.hashing import Hasher
 
 
 def _obj(ws, digest: str) -> Path:

@@ -9,13 +9,13 @@ import re
 
 import pytest
 
-from engine.canonical import CanonicalError, canonical_bytes, es6_number, from_canonical
-from engine.dag import Dag
-from engine.digest import Digest
 from engine.errors import GraphError
-from engine.hashing import Hasher, dir_manifest_bytes
-from engine.spec import load_spec_text
-from engine.state import StatCache
+from engine.pipeline.dag import Dag
+from engine.pipeline.spec import load_spec_text
+from engine.provenance.canonical import CanonicalError, canonical_bytes, es6_number, from_canonical
+from engine.store.digest import Digest
+from engine.store.hashing import Hasher, dir_manifest_bytes
+from engine.store.state import StatCache
 
 
 @pytest.mark.parametrize("value,text", [
@@ -120,7 +120,7 @@ def test_foreach_family_is_a_target():
 
 def test_parse_caches_follow_file_contents(tmp_path):
     """Composition and spec results are cached by content: an edit is seen at once, env resolvers never cached."""
-    from engine.workspace import Workspace
+    from engine.store.workspace import Workspace
 
     (tmp_path / "pipelines").mkdir()
     (tmp_path / "conf").mkdir()
@@ -164,7 +164,7 @@ def test_canonical_bytes_without_floats_match_the_token_path():
 
 def test_overwrite_small_keeps_json_readable_when_it_shrinks(tmp_path):
 
-    from engine.fsutil import overwrite_small
+    from engine.store.fsutil import overwrite_small
 
     p = tmp_path / "running.json"
     overwrite_small(str(p), json.dumps({"groups": [{"pgid": 123456, "start": 987654321}] * 3}).encode())
@@ -176,7 +176,7 @@ def test_overwrite_small_keeps_json_readable_when_it_shrinks(tmp_path):
 
 
 def test_write_if_changed_skips_identical_bytes(tmp_path):
-    from engine.fsutil import write_if_changed
+    from engine.store.fsutil import write_if_changed
 
     p = tmp_path / "params.json"
     write_if_changed(str(p), b'{"a": 1}')
@@ -191,7 +191,7 @@ def test_write_if_changed_skips_identical_bytes(tmp_path):
 def test_lock_bytes_equal_the_plain_encoder_while_entries_change():
     import random
 
-    from engine.lockfile import LOCK_VERSION, LockFile, StageLock
+    from engine.pipeline.lockfile import LOCK_VERSION, LockFile, StageLock
 
     def reference(lf: LockFile) -> bytes:
         doc = {"version": LOCK_VERSION, "pipeline": lf.pipeline,

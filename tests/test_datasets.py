@@ -98,8 +98,8 @@ def manifest_deps(ws, deps, name: str) -> list[dict]:
 
 
 def events(ws) -> list[str]:
-    from engine.provenance import Provenance
-    from engine.workspace import Workspace
+    from engine.provenance.recorder import Provenance
+    from engine.store.workspace import Workspace
 
     return [i.payload.get("kind", "run") for i in Provenance(Workspace(str(ws.root))).items()]
 
@@ -132,11 +132,11 @@ def test_add_directory_of_many_files(gov, capsys):
     for i in range(25):
         write_rows(gov.root / "data" / "shards" / f"s{i:02d}.csv", [[i * 100 + j, 1.5, "adelie"] for j in range(3)])
     assert add(gov, path="data/shards", name="shards") == 0
-    from engine.datasets import Registry
+    from engine.datasets.registry import Registry
 
     m = Registry.load(str(gov.root)).resolve("shards").manifest
     assert m.rows == 75 and m.dvc["md5"].endswith(".dir") and m.dvc["nfiles"] == 25
-    from engine.hashing import Hasher
+    from engine.store.hashing import Hasher
 
     assert m.id == str(Hasher(str(gov.root)).hash_path("data/shards").digest)
 
@@ -223,8 +223,8 @@ def test_consumed_dataset_is_attested_and_lineage_reaches_raw(gov, capsys):
     add(gov)
     gov.certus("dataset", "approve", "praw", "--key", "bob")
     assert gov.certus("repro") == 0
-    from engine.provenance import Provenance
-    from engine.workspace import Workspace
+    from engine.provenance.recorder import Provenance
+    from engine.store.workspace import Workspace
 
     prov = Provenance(Workspace(str(gov.root)))
     run = [i.payload for i in prov.items() if i.payload.get("run_id")][-1]
@@ -279,7 +279,7 @@ def test_versions_and_checkout_of_an_old_version(gov, capsys):
     gov.certus("dataset", "versions", "praw")
     lines = capsys.readouterr().out.splitlines()
     assert [ln.split()[0] for ln in lines] == ["v1", "v2"] and "40 rows" in lines[0] and "41 rows" in lines[1]
-    from engine.datasets import Registry
+    from engine.datasets.registry import Registry
 
     reg = Registry.load(str(gov.root))
     old = reg.resolve("praw@v1").manifest
@@ -308,7 +308,7 @@ def test_push_clone_pull_same_hashes_and_verified_run(gov, tmp_path, capsys):
     subprocess.run(["git", "clone", "-q", str(gov.root), str(clone)], check=True)
     from conftest import STEP  # noqa: F401  (the clone has step.py from git)
 
-    from engine.cli import main
+    from engine.cli.main import main
 
     assert not (clone / "data/raw/p.csv").exists()
     assert main(["-C", str(clone), "dataset", "pull"]) == 0

@@ -18,8 +18,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.adapters.keys import Ed25519SigningKey
-from engine.canonical import CanonicalError, canonical_bytes
-from engine.dsse import Envelope, Signature, pae, sign_envelope, verify_envelope
 from engine.errors import (
     BadSignatureError,
     EnvelopeFormatError,
@@ -27,7 +25,9 @@ from engine.errors import (
     SignatureError,
     UnknownKeyError,
 )
-from engine.signing import PublicKey, Signer
+from engine.provenance.canonical import CanonicalError, canonical_bytes
+from engine.provenance.dsse import Envelope, Signature, pae, sign_envelope, verify_envelope
+from engine.provenance.signing import PublicKey, Signer
 
 VECTOR = json.loads((Path(__file__).parent / "vectors" / "dsse.json").read_text())
 TYPE = "application/vnd.certus.test+json"
@@ -169,7 +169,8 @@ def test_envelope_round_trips_any_type_and_payload(payload_type: str, payload: b
 
 
 def test_core_modules_do_not_import_nacl() -> None:
-    code = "import sys, engine.dsse, engine.signing, engine.trust; sys.exit('nacl' in sys.modules)"
+    code = ("import sys, engine.provenance.dsse, engine.provenance.signing, engine.provenance.trust; "
+            "sys.exit('nacl' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
 
 

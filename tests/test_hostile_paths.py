@@ -186,7 +186,7 @@ def test_dir_manifest_with_escaping_entry_is_refused(ws, tmp_path):
     """A self-consistent forged manifest object (stored under its true hash) naming '../x'."""
     import hashlib
 
-    from engine.canonical import canonical_bytes
+    from engine.provenance.canonical import canonical_bytes
     ws.write("conf/config.yaml", "certus:\n  pipeline: p\n")
     ws.write("pipelines/p.yaml", textwrap.dedent("""\
         stages:
@@ -237,7 +237,7 @@ def test_mutated_lock_and_run_cache_never_traceback_or_escape(diamond, tmp_path)
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from engine.cli import main
+    from engine.cli.main import main
 
     ws = diamond
     assert ws.certus("repro") == 0

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.datasets.schema import load_schema, validate
 from engine.errors import DatasetError
-from engine.schema import load_schema, validate
 
 STAGE = """\
     stages:
@@ -72,7 +72,7 @@ def test_edited_parse_caches_are_ignored_rebuilt_and_noted(diamond, capsys):
 def test_local_key_is_private_and_created_once_under_races(ws, tmp_path):
     home = tmp_path / "certus-home"
     env = {**os.environ, "CERTUS_HOME": str(home)}
-    code = "from engine.localseal import local_key; import sys; sys.stdout.write(local_key().hex())"
+    code = "from engine.store.localseal import local_key; import sys; sys.stdout.write(local_key().hex())"
 
     def one(_: int) -> str:
         return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
@@ -89,7 +89,7 @@ def test_local_key_is_private_and_created_once_under_races(ws, tmp_path):
 def test_cache_from_another_user_key_is_not_trusted(diamond, tmp_path, monkeypatch, capsys):
     assert diamond.certus("status") == 0
     monkeypatch.setenv("CERTUS_HOME", str(tmp_path / "other-user"))
-    from engine import localseal
+    from engine.store import localseal
 
     localseal._key_cache.clear()
     capsys.readouterr()
@@ -399,7 +399,7 @@ def test_property_hostile_specs_and_overrides(tmp_path, monkeypatch):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from engine.cli import main
+    from engine.cli.main import main
 
     base = tmp_path / "base"
     base.mkdir()

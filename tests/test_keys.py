@@ -30,7 +30,7 @@ from engine.errors import (
     SignatureError,
     WrongPassphraseError,
 )
-from engine.signing import PublicKey, PublicKeyInfo, Signer
+from engine.provenance.signing import PublicKey, PublicKeyInfo, Signer
 
 PASS = "correct horse battery staple"
 

@@ -1,4 +1,4 @@
-"""engine.ledger: append/reopen, proofs, O(log n) appends, crash injection and tamper detection.
+"""engine.provenance.ledger: append/reopen, proofs, O(log n) appends, crash injection and tamper detection.
 
 Each tamper test corrupts one thing the way an attacker or a bad merge would, and pins the
 problem :meth:`Ledger.verify_structure` names (file, entry index or line, reason).
@@ -21,11 +21,10 @@ from pathlib import Path
 import pytest
 from conftest import SeedSigner
 
-import engine.ledger as ledger_mod
-from engine import merkle
-from engine.canonical import canonical_bytes
+import engine.provenance.ledger as ledger_mod
 from engine.errors import LedgerError
-from engine.ledger import (
+from engine.provenance.canonical import canonical_bytes
+from engine.provenance.ledger import (
     CHECKPOINT,
     CHECKPOINTS,
     ENTRIES,
@@ -41,7 +40,8 @@ from engine.ledger import (
     decode_frame,
     encode_frame,
 )
-from engine.note import Checkpoint, Note, Verifier
+from engine.provenance.note import Checkpoint, Note, Verifier
+from engine.provenance import merkle
 
 ORIGIN = "certus/ws-test"
 REPO = Path(__file__).resolve().parents[1]
@@ -233,7 +233,7 @@ CRASHER = textwrap.dedent(
     """
     import os, signal, sys
     import nacl.signing
-    from engine.ledger import Ledger
+    from engine.provenance.ledger import Ledger
 
     path, step, origin = sys.argv[1:]
     key = nacl.signing.SigningKey(b"\\x01" * 32)

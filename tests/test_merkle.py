@@ -1,4 +1,4 @@
-"""engine.merkle against the RFC 6962 / RFC 9162 known answers and a naive reference tree.
+"""engine.provenance.merkle against the RFC 6962 / RFC 9162 known answers and a naive reference tree.
 
 Vectors: tests/vectors/rfc6962.json (transparency-dev/merkle testdata and the certificate-transparency
 C++ / Go known answers; see tests/vectors/README.md). The reference implementation below is the
@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import merkle
 from engine.errors import LedgerError
+from engine.provenance import merkle
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "rfc6962.json").read_text())
 

@@ -1,7 +1,7 @@
-"""engine.note against the C2SP signed-note example and the golang.org/x/mod/sumdb vectors.
+"""engine.provenance.note against the C2SP signed-note example and the golang.org/x/mod/sumdb vectors.
 
 Vectors: tests/vectors/signed_note.json (see tests/vectors/README.md). Signing uses PyNaCl directly
-through a small test signer, since note.py takes any :class:`engine.note.NoteSigner`.
+through a small test signer, since note.py takes any :class:`engine.provenance.note.NoteSigner`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import SeedSigner
 
-from engine import merkle
 from engine.errors import LedgerError, SignatureError
-from engine.note import (
+from engine.provenance.note import (
     Checkpoint,
     CheckpointError,
     Note,
@@ -25,6 +24,7 @@ from engine.note import (
     Verifier,
     key_id,
 )
+from engine.provenance import merkle
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "signed_note.json").read_text())
 GO = VECTORS["go_note"]

@@ -1,4 +1,4 @@
-"""engine.parallel: forked workers give exactly the serial answer, in order, and never hide a failure."""
+"""engine.store.parallel: forked workers give exactly the serial answer, in order, and never hide a failure."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from engine import parallel
-from engine.parallel import Background, fork_map
+from engine.store import parallel
+from engine.store.parallel import Background, fork_map
 
 
 def _pids_and_sum(part: Sequence[int]) -> tuple[int, list[int], int]:

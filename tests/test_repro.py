@@ -99,12 +99,12 @@ def test_revert_restores_from_run_cache_without_running(diamond):
 
 
 def test_touch_without_change_reruns_nothing_and_reads_nothing_twice(diamond):
-    from engine.cli import main  # noqa: F401  (in-process status with read counter below)
-    from engine.hashing import Hasher
-    from engine.lockfile import LockFile
-    from engine.state import StatCache
-    from engine.status import workspace_status
-    from engine.workspace import Workspace
+    from engine.cli.main import main  # noqa: F401  (in-process status with read counter below)
+    from engine.pipeline.lockfile import LockFile
+    from engine.pipeline.status import workspace_status
+    from engine.store.hashing import Hasher
+    from engine.store.state import StatCache
+    from engine.store.workspace import Workspace
 
     diamond.certus("repro")
     w = Workspace(str(diamond.root))
@@ -283,7 +283,7 @@ def test_check_determinism(ws, capsys):
     recorded = ws.lock()["stages"]["rnd"]["outs"]["rnd.txt"]["digest"]
     assert ws.certus("repro", "--check-determinism", "rnd") == 1
     assert "DIFFERENT" in capsys.readouterr().out
-    from engine.hashing import file_digest
+    from engine.store.hashing import file_digest
 
     assert "sha256:" + file_digest(str(ws.root / "rnd.txt")) == recorded  # workspace put back
 
@@ -325,8 +325,8 @@ def test_stage_cannot_corrupt_cache_through_a_hardlink(ws, capsys):
     capsys.readouterr()
     assert ws.certus("repro") == 1
     assert "modified its dependency in place: a.txt" in capsys.readouterr().err
-    from engine.cache import ObjectCache
-    from engine.digest import Digest
+    from engine.store.cache import ObjectCache
+    from engine.store.digest import Digest
 
     digest = Digest.parse(ws.lock()["stages"]["a"]["outs"]["a.txt"]["digest"])
     cache = ObjectCache(str(ws.root / ".certus" / "cache"))
@@ -336,7 +336,7 @@ def test_stage_cannot_corrupt_cache_through_a_hardlink(ws, capsys):
 
 def test_status_does_not_import_dvc(diamond):
     diamond.certus("repro")
-    code = ("import sys; from engine.cli import main; rc = main(['status']);"
+    code = ("import sys; from engine.cli.main import main; rc = main(['status']);"
             "bad = [m for m in sys.modules if m == 'dvc' or m.startswith('dvc.') or m == 'subprocess'];"
             "print('BAD', bad); sys.exit(rc or (1 if bad else 0))")
     import subprocess

@@ -194,8 +194,8 @@ def test_writable_may_not_cover_certus_home(ws, monkeypatch):
 def test_sandbox_off_runs_unconfined_and_says_so(ws):
     pipeline(ws, 'stages:\n  s: {cmd: "echo x > notes.txt; echo y > o.txt", outs: [o.txt]}\n',
              conf="certus: {pipeline: p, sandbox: off}\n")
-    from engine.repro import Repro, ReproOptions
-    from engine.workspace import Workspace
+    from engine.run.repro import Repro, ReproOptions
+    from engine.store.workspace import Workspace
 
     res = Repro(Workspace(str(ws.root)), ReproOptions()).run()
     assert res.outcomes["s"].state == "ran"
@@ -206,8 +206,8 @@ def test_sandbox_off_runs_unconfined_and_says_so(ws):
 @landlock
 def test_confined_outcome_records_the_mechanism(ws):
     pipeline(ws, 'stages:\n  s: {cmd: "echo y > out/o.txt", outs: [out/o.txt], writable: ["~/.cache/x"]}\n')
-    from engine.repro import Repro, ReproOptions
-    from engine.workspace import Workspace
+    from engine.run.repro import Repro, ReproOptions
+    from engine.store.workspace import Workspace
 
     res = Repro(Workspace(str(ws.root)), ReproOptions()).run()
     sb = res.outcomes["s"].sandbox

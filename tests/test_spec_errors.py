@@ -7,7 +7,7 @@ import os
 import pytest
 
 from engine.errors import SpecError
-from engine.spec import load_spec_text
+from engine.pipeline.spec import load_spec_text
 
 CFG = {"train": {"C": 0.5, "seed": 1}, "data": {"n": 3}}
 

@@ -26,16 +26,16 @@ from typing import Any
 import pytest
 from conftest import BIN, DIAMOND, DIAMOND_CONF, STEP, Workspace
 
-from engine import parallel
 from engine.adapters.keys import load_signer
-from engine.canonical import canonical_bytes
-from engine.cli import main
-from engine.dsse import sign_envelope
-from engine.ledger import Ledger, encode_frame
-from engine.note import Note
-from engine.provenance import NoteSignerAdapter, Provenance, witness_path
-from engine.records import RUN_TYPE, attestation_root
-from engine.workspace import Workspace as EngineWorkspace
+from engine.cli.main import main
+from engine.provenance.canonical import canonical_bytes
+from engine.provenance.dsse import sign_envelope
+from engine.provenance.ledger import Ledger, encode_frame
+from engine.provenance.note import Note
+from engine.provenance.recorder import NoteSignerAdapter, Provenance, witness_path
+from engine.provenance.records import RUN_TYPE, attestation_root
+from engine.store import parallel
+from engine.store.workspace import Workspace as EngineWorkspace
 
 pytestmark = pytest.mark.integration
 
@@ -660,7 +660,7 @@ def test_ledger_key_revoked_before_a_checkpoint_it_signed(t: Signed, since: str)
 
 CRASHER = textwrap.dedent("""
     import os, sys
-    import engine.ledger as ledger
+    import engine.provenance.ledger as ledger
 
     step = sys.argv[1]
     real_open = ledger.Ledger.open.__func__
@@ -672,7 +672,7 @@ CRASHER = textwrap.dedent("""
         return real_open(cls, path, origin=origin, create=create, _hook=hook)
 
     ledger.Ledger.open = classmethod(crashing_open)
-    from engine.cli import main
+    from engine.cli.main import main
     sys.exit(main(sys.argv[2:]))
 """)
 BEFORE_COMMIT = ["begin", "entries", "checkpoints", "checkpoint.tmp"]
@@ -784,9 +784,9 @@ def test_forked_and_serial_verify_report_the_same(t: Signed) -> None:
 
 
 def test_verify_says_what_it_checks_on_stderr_and_keeps_json_clean(t: Signed) -> None:
-    import engine.verify
+    import engine.provenance.verify
 
-    t.mp.setattr(engine.verify, "PROGRESS_FROM", 1)
+    t.mp.setattr(engine.provenance.verify, "PROGRESS_FROM", 1)
     rc, text = t.certus("verify", "--json", "--artifacts")
     assert rc == 0 and json.loads(t.stdout)["ok"] is True
     assert "[certus] verify: checking 4 ledger entries" in text

@@ -9,7 +9,6 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from engine.adapters.keys import Ed25519SigningKey
-from engine.dsse import sign_envelope, verify_envelope
 from engine.errors import (
     KeyNotValidError,
     KeyRevokedError,
@@ -18,8 +17,9 @@ from engine.errors import (
     TrustFileError,
     UnknownKeyError,
 )
-from engine.signing import PublicKey, PublicKeyInfo
-from engine.trust import Revocation, TrustEntry, TrustStore
+from engine.provenance.dsse import sign_envelope, verify_envelope
+from engine.provenance.signing import PublicKey, PublicKeyInfo
+from engine.provenance.trust import Revocation, TrustEntry, TrustStore
 
 UTC = timezone.utc
 T0 = datetime(2025, 1, 1, tzinfo=UTC)

@@ -29,12 +29,12 @@ import pytest
 from conftest import BIN, DIAMOND, DIAMOND_CONF, STEP
 
 from engine.adapters.keys import load_public_key, load_signer
-from engine.canonical import canonical_bytes as cj
-from engine.cli import main
-from engine.dsse import sign_envelope
-from engine.ledger import Ledger
-from engine.provenance import NoteSignerAdapter
-from engine.trust import TrustStore
+from engine.cli.main import main
+from engine.provenance.canonical import canonical_bytes as cj
+from engine.provenance.dsse import sign_envelope
+from engine.provenance.ledger import Ledger
+from engine.provenance.recorder import NoteSignerAdapter
+from engine.provenance.trust import TrustStore
 
 pytestmark = pytest.mark.integration
 
@@ -498,7 +498,7 @@ def test_killed_coordinator_leaves_no_unattested_output(t: W) -> None:
 
 CTRL_C_AFTER = textwrap.dedent("""
     import os, signal, sys
-    import engine.ledger as ledger
+    import engine.provenance.ledger as ledger
 
     step, pressed = sys.argv[1], []
     real_open = ledger.Ledger.open.__func__
@@ -511,7 +511,7 @@ CTRL_C_AFTER = textwrap.dedent("""
         return real_open(cls, path, origin=origin, create=create, _hook=hook)
 
     ledger.Ledger.open = classmethod(open_with_ctrl_c)
-    from engine.cli import main
+    from engine.cli.main import main
     sys.exit(main(sys.argv[2:]))
 """)
 

@@ -19,10 +19,9 @@ from pathlib import Path
 import pytest
 from conftest import BIN, DIAMOND, DIAMOND_CONF, STEP, SeedSigner, Workspace
 
-from engine import merkle
 from engine.adapters.keys import load_public_key, load_signer
-from engine.cli import main
-from engine.cosignature import (
+from engine.cli.main import main
+from engine.provenance.cosignature import (
     Cosignature,
     Cosigner,
     cosign,
@@ -31,11 +30,19 @@ from engine.cosignature import (
     signed_message,
     verify_cosignatures,
 )
-from engine.ledger import ForkError, RollbackError
-from engine.note import Checkpoint, CheckpointError, Note, NoteError, UnverifiedNoteError, Verifier, parse_vkey
-from engine.provenance import NoteSignerAdapter
-from engine.trust import TrustStore
-from engine.witness import BehindError, DifferentLogError, HistoryForkError, compare
+from engine.provenance.ledger import ForkError, RollbackError
+from engine.provenance.note import (
+    Checkpoint,
+    CheckpointError,
+    Note,
+    NoteError,
+    UnverifiedNoteError,
+    Verifier,
+    parse_vkey,
+)
+from engine.provenance.recorder import NoteSignerAdapter, merkle
+from engine.provenance.trust import TrustStore
+from engine.provenance.witness import BehindError, DifferentLogError, HistoryForkError, compare
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "tlog_cosignature.json").read_text())
 C2SP, FORMATS, BUILT = VECTORS["c2sp_example"], VECTORS["formats"], VECTORS["built"]
@@ -79,7 +86,7 @@ def test_formats_vkey_and_timestamp() -> None:
     with pytest.raises(NoteError, match="0x04"):
         Cosigner.from_vkey("PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW")
     raw = base64.b64decode(FORMATS["timestamp_sig"])
-    from engine.note import NoteSignature
+    from engine.provenance.note import NoteSignature
 
     assert cosignature_timestamp(NoteSignature("x", raw[:4], raw[4:])) == FORMATS["timestamp"]
     wrong = base64.b64decode(FORMATS["wrong_type_sig"])

@@ -12,7 +12,7 @@ import subprocess
 from collections.abc import Iterable
 
 from engine.errors import SpecError
-from engine.spec import PipelineSpec
+from engine.pipeline.spec import PipelineSpec
 
 __all__ = ["tracked_files", "refuse_tracked_outputs"]
 

@@ -1,7 +1,7 @@
 """PyNaCl adapter: Ed25519 signing keys and the files that hold them.
 
 This is the only module that imports ``nacl`` (the core reaches :func:`verify_ed25519` lazily
-through :meth:`engine.signing.PublicKey.verify`). Ed25519 is RFC 8032; the passphrase KDF is
+through :meth:`engine.provenance.signing.PublicKey.verify`). Ed25519 is RFC 8032; the passphrase KDF is
 Argon2id (RFC 9106) via libsodium's ``crypto_pwhash``; the seed is sealed with libsodium's
 ``crypto_secretbox`` (XSalsa20-Poly1305), https://doc.libsodium.org/.
 
@@ -14,7 +14,7 @@ Argon2id (RFC 9106) via libsodium's ``crypto_pwhash``; the seed is sealed with l
 
 or, only when asked for explicitly (CI keys held in a secret store), ``"encrypted": false``
 with ``"seed": b64`` instead of ``kdf`` / ``secretbox``. **Public key file** ``<name>.pub``:
-see :class:`engine.signing.PublicKeyInfo`. The keyid is the hex SHA-256 of the raw public key.
+see :class:`engine.provenance.signing.PublicKeyInfo`. The keyid is the hex SHA-256 of the raw public key.
 
 Files are written atomically and never overwritten: a temporary file is written, fsynced,
 then hard-linked to its final name (which fails if the name exists) and unlinked, so a reader
@@ -48,7 +48,7 @@ import nacl.signing
 import nacl.utils
 
 from engine.errors import KeyError_, KeyFileExistsError, KeyFilePermissionError, WrongPassphraseError
-from engine.signing import (
+from engine.provenance.signing import (
     ED25519,
     PublicKey,
     PublicKeyInfo,
@@ -80,7 +80,7 @@ _KDF = frozenset({"alg", "memlimit", "opslimit", "salt"})
 
 
 class Ed25519SigningKey:
-    """An Ed25519 private key with its name and role; implements :class:`engine.signing.Signer`."""
+    """An Ed25519 private key with its name and role; implements :class:`engine.provenance.signing.Signer`."""
 
     __slots__ = ("_name", "_role", "_public_key", "_sk")
 

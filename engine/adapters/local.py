@@ -22,8 +22,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, TextIO
 
 from engine.adapters.sandbox import RunSandbox, SandboxError, denied_paths, kill_tagged, set_subreaper
-from engine.executor import JobResult, StageJob
-from engine.workspace import proc_start_time
+from engine.run.executor import JobResult, StageJob
+from engine.store.workspace import proc_start_time
 
 __all__ = ["LocalExecutor"]
 

@@ -173,7 +173,7 @@ def _read_rights(abi: int) -> int:
 
 
 def certus_home() -> str:
-    """Same rule as :func:`engine.provenance.certus_home` (not imported: that module is heavy)."""
+    """Same rule as :func:`engine.provenance.recorder.certus_home` (not imported: that module is heavy)."""
     return os.environ.get("CERTUS_HOME") or os.path.join(os.path.expanduser("~"), ".certus")
 
 

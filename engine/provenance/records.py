@@ -1,0 +1,98 @@
+"""Ledger records: run records and governance events, as signed DSSE payloads.
+
+Every ledger entry is a DSSE envelope (JSON bytes) whose payload is the canonical JSON of one
+record. The payload type says what kind of record it is and so which role must have signed it.
+
+A run record carries the RFC 6962 Merkle root over its stage attestations. Leaves are the
+attestation envelopes' bytes, ordered by stage name (the documented order), so
+``leaf_i = SHA-256(0x00 || envelope_i)``. It also carries the hash of the previous run record's
+envelope, chaining runs independently of the ledger's own tree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.provenance import merkle
+
+__all__ = ["RUN_TYPE", "EVENT_TYPE", "ROLE_FOR_TYPE", "RunRecord", "Event", "attestation_root"]
+
+RUN_TYPE = "application/vnd.certus.run+json"
+EVENT_TYPE = "application/vnd.certus.event+json"
+# which trust role must sign each payload type (governance events: per event kind, below)
+ROLE_FOR_TYPE = {RUN_TYPE: "trainer"}
+EVENT_ROLES = {
+    "dataset.registered": "data-steward",
+    "dataset.approved": "approver",
+    "dataset.refused": "trainer",
+    "dataset.derived": "trainer",
+    "gate.decision": "trainer",
+    "gate.waiver": "approver",
+    "deployment": "releaser",
+    "drift.alert": "trainer",
+}
+
+
+def attestation_root(envelopes: Sequence[bytes]) -> str:
+    """Hex RFC 6962 root over attestation envelope bytes, in the given (stage-name) order."""
+    return merkle.root([merkle.leaf_hash(e) for e in envelopes]).hex()
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """What one ``certus repro`` did, signed by the trainer key and appended to the ledger."""
+
+    run_id: str
+    started: str
+    finished: str
+    status: str  # succeeded | failed | interrupted
+    git: Mapping[str, Any]
+    config: Mapping[str, Any]
+    overrides: Sequence[str]
+    pipeline: str
+    spec_sha256: str
+    lock_sha256: str | None
+    stages: Mapping[str, Mapping[str, Any]]  # name -> {state, key, outs, attestation, error?}
+    attestations: Sequence[Mapping[str, str]]  # [{stage, path, sha256}] sorted by stage
+    merkle_root: str
+    previous: str | None
+    failed: Sequence[str] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "_type": "https://certus.dev/RunRecord/v1",
+            "run_id": self.run_id, "started": self.started, "finished": self.finished, "status": self.status,
+            "git": dict(self.git), "config": dict(self.config), "overrides": list(self.overrides),
+            "pipeline": self.pipeline, "spec_sha256": self.spec_sha256, "lock_sha256": self.lock_sha256,
+            "stages": {k: dict(v) for k, v in sorted(self.stages.items())},
+            "attestations": [dict(a) for a in self.attestations], "merkle_root": self.merkle_root,
+            "previous": self.previous, "failed": list(self.failed),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunRecord:
+        return cls(run_id=d["run_id"], started=d["started"], finished=d["finished"], status=d["status"],
+                   git=d["git"], config=d["config"], overrides=d["overrides"], pipeline=d["pipeline"],
+                   spec_sha256=d["spec_sha256"], lock_sha256=d["lock_sha256"], stages=d["stages"],
+                   attestations=d["attestations"], merkle_root=d["merkle_root"], previous=d["previous"],
+                   failed=d.get("failed", ()))
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A governance event: dataset registration/approval, gate decision, waiver, deployment, drift alert."""
+
+    kind: str
+    time: str
+    subject: str
+    details: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"_type": "https://certus.dev/Event/v1", "kind": self.kind, "time": self.time,
+                "subject": self.subject, "details": dict(self.details)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Event:
+        return cls(kind=d["kind"], time=d["time"], subject=d["subject"], details=d.get("details", {}))

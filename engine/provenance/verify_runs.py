@@ -1,0 +1,290 @@
+"""``certus verify``, per entry: signatures judged at their ledger position, run records and attestations.
+
+Runs in forked workers over contiguous slices of the ledger (:mod:`engine.store.parallel`); each slice
+returns a :class:`Slice` that the parent merges in entry order. Every signature is judged by
+:class:`engine.provenance.trust_log.TrustHistory` at the position of the ledger entry that vouches for it:
+a run record's attestations at the record's index.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from engine.errors import SignatureError
+from engine.provenance.dsse import Envelope, verify_envelope
+from engine.provenance import merkle
+from engine.provenance.records import EVENT_ROLES, EVENT_TYPE, RUN_TYPE
+from engine.provenance.statement import PAYLOAD_TYPE, PROVENANCE_TYPE, STATEMENT_TYPE, subject_digests
+from engine.provenance.trust_log import GENESIS, TRUST_TYPE
+
+__all__ = ["Judge", "Report", "Slice", "check_entries", "check_signatures", "parse_time"]
+
+
+class Judge(Protocol):
+    def check(self, keyid: str, role: str, at: datetime, index: int) -> Any: ...
+
+
+@dataclass
+class Report:
+    checked: dict[str, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def count(self, what: str, n: int = 1) -> None:
+        self.checked[what] = self.checked.get(what, 0) + n
+
+    def fail(self, msg: str) -> None:
+        self.failures.append(msg)
+
+    def merge(self, other: Report) -> None:
+        for k, n in other.checked.items():
+            self.count(k, n)
+        self.failures.extend(other.failures)
+        self.notes.extend(other.notes)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checked": dict(sorted(self.checked.items())), "failures": self.failures,
+                "notes": self.notes}
+
+
+def parse_time(text: str) -> datetime:
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def check_signatures(env: Envelope, judge: Judge, role: str, at: datetime, index: int, where: str,
+                     report: Report) -> bool:
+    """Check every signature; False when a signer is not trusted for ``role`` at entry ``index``."""
+    trusted = True
+    for sig in env.signatures:
+        try:
+            pub = judge.check(sig.keyid, role, at, index)
+        except SignatureError as e:
+            report.fail(f"{where}: signature keyid {sig.keyid[:16]}…: {e}")
+            trusted = False
+            continue
+        one = env if len(env.signatures) == 1 else Envelope(env.payload_type, env.payload, (sig,))
+        try:
+            verify_envelope(one, {sig.keyid: pub}, env.payload_type)
+            report.count("signatures")
+        except SignatureError as e:
+            report.fail(f"{where}: signature keyid {sig.keyid[:16]}…: {e}")
+    return trusted
+
+
+@dataclass
+class Slice:
+    """What one contiguous slice of ledger entries contributes."""
+
+    report: Report = field(default_factory=Report)
+    runs: list[tuple[int, str, Any, str, str]] = field(default_factory=list)  # index, where, previous, own, id
+    logged: dict[str, dict[str, tuple[int, str]]] = field(default_factory=dict)  # sha -> (index, event kind)
+    derived_events: dict[str, str] = field(default_factory=dict)  # manifest sha -> run id the event names
+    latest_outs: dict[str, tuple[str, str]] = field(default_factory=dict)
+    attested: list[tuple[str, str, str]] = field(default_factory=list)  # path, digest, run id
+    attestations: dict[str, tuple[str, str, dict[str, str]]] = field(default_factory=dict)  # sha -> run, stage, subj
+    restores: list[tuple[str, str, dict[str, str], str, str]] = field(default_factory=list)
+    times: dict[int, datetime] = field(default_factory=dict)
+
+    @classmethod
+    def concat(cls, parts: list[Slice]) -> Slice:
+        out = cls()
+        for part in parts:
+            out.report.merge(part.report)
+            out.runs.extend(part.runs)
+            for k, v in part.logged.items():
+                for sha, at in v.items():
+                    out.logged.setdefault(k, {}).setdefault(sha, at)
+            out.derived_events.update(part.derived_events)
+            out.latest_outs.update(part.latest_outs)
+            out.attested.extend(part.attested)
+            out.attestations.update(part.attestations)
+            out.restores.extend(part.restores)
+            out.times.update(part.times)
+        return out
+
+
+@dataclass(frozen=True)
+class Context:
+    prov: Any
+    judge: Judge
+    run: str | None
+    specs: Any  # engine.provenance.rederive.SpecSource
+
+
+def _role_and_time(ptype: str, payload: dict[str, Any]) -> tuple[str, Any] | None:
+    """The role a record's kind requires and the time it claims (None: unknown kind)."""
+    if ptype == RUN_TYPE:
+        return "trainer", payload.get("finished") or payload.get("started", "")
+    if ptype == EVENT_TYPE:
+        return EVENT_ROLES.get(payload.get("kind", ""), "trainer"), payload.get("time", "")
+    if ptype == TRUST_TYPE:
+        return ("ledger" if payload.get("kind") == GENESIS else "admin"), payload.get("time", "")
+    return None
+
+
+def check_entries(ctx: Context, part: Sequence[tuple[int, bytes]]) -> Slice:
+    from engine.provenance.recorder import sha256_hex
+
+    out = Slice()
+    report = out.report
+    for index, raw in part:
+        where = f"ledger entry {index}"
+        try:
+            env = Envelope.from_json_bytes(raw)
+            payload = json.loads(env.payload)
+            if not isinstance(payload, dict):
+                raise ValueError("payload is not a JSON object")
+        except (SignatureError, ValueError) as e:
+            report.fail(f"{where}: not a DSSE envelope: {e}")
+            continue
+        kind = _role_and_time(env.payload_type, payload)
+        if kind is None:
+            report.fail(f"{where}: unknown payloadType '{env.payload_type}'; expected {RUN_TYPE}, {EVENT_TYPE} "
+                        f"or {TRUST_TYPE}")
+            continue
+        role, at_text = kind
+        if env.payload_type == RUN_TYPE:
+            where += f" (run {payload.get('run_id', '?')})"
+        else:
+            where += f" ({'event ' if env.payload_type == EVENT_TYPE else ''}{payload.get('kind', '?')} " \
+                     f"{payload.get('subject', '')})"
+            details = payload.get("details") or {}
+            for k in ("manifest_sha256", "approval_sha256"):
+                if isinstance(details, dict) and details.get(k):
+                    out.logged.setdefault(k, {}).setdefault(str(details[k]), (index, str(payload.get("kind"))))
+            if payload.get("kind") == "dataset.derived" and isinstance(details, dict):
+                out.derived_events[str(details.get("manifest_sha256"))] = str(details.get("run_id"))
+        try:
+            at = parse_time(str(at_text))
+        except ValueError:
+            report.fail(f"{where}: unreadable time '{at_text}'")
+            continue
+        check_signatures(env, ctx.judge, role, at, index, where, report)
+        out.times[index] = at
+        report.count("records")
+        if env.payload_type != RUN_TYPE:
+            continue
+        run_id = str(payload.get("run_id", "?"))
+        out.runs.append((index, where, payload.get("previous"), sha256_hex(raw), run_id))
+        _verify_run(ctx, payload, at, index, where, out)
+    return out
+
+
+def _verify_run(ctx: Context, rec: dict[str, Any], at: datetime, index: int, where: str, out: Slice) -> None:
+    from engine.provenance.recorder import sha256_hex
+
+    report, prov = out.report, ctx.prov
+    run_id = rec.get("run_id", "?")
+    listed = rec.get("attestations", [])
+    if ctx.run is not None and run_id != ctx.run:  # another run's: only what restored-from may point at
+        for a in listed if isinstance(listed, list) else ():
+            stage = str(a.get("stage"))
+            out.attestations[str(a.get("sha256"))] = (run_id, stage,
+                                                      dict(rec.get("stages", {}).get(stage, {}).get("outs", {})))
+        return
+    try:
+        with open(prov.attestation_path(run_id), "rb") as f:
+            lines = [ln for ln in f.read().split(b"\n") if ln]
+    except FileNotFoundError:
+        lines = []
+    by_digest = {sha256_hex(ln): ln for ln in lines}
+    bundle: dict[str, bytes] | None = None  # parsed by stage only when something does not match
+    envelopes: list[bytes] = []
+    resolved = None
+    for a in listed:
+        stage = a.get("stage", "?")
+        w = f"{where}: attestation for stage '{stage}'"
+        raw = by_digest.get(str(a.get("sha256")))
+        if raw is None:
+            if bundle is None:
+                bundle = prov.read_attestations(run_id)
+            raw = bundle.get(stage)
+            if raw is None:
+                report.fail(f"{w}: missing from .certus/provenance/{run_id}.dsse.jsonl")
+                continue
+            report.fail(f"{w}: envelope digest {sha256_hex(raw)[:16]}… differs from the signed record's "
+                        f"{str(a.get('sha256'))[:16]}…")
+        envelopes.append(raw)
+        try:
+            env = Envelope.from_json_bytes(raw)
+        except SignatureError as e:
+            report.fail(f"{w}: {e}")
+            continue
+        if env.payload_type != PAYLOAD_TYPE:
+            report.fail(f"{w}: payloadType '{env.payload_type}', expected '{PAYLOAD_TYPE}'")
+            continue
+        if not check_signatures(env, ctx.judge, "trainer", at, index, w, report):
+            continue
+        try:
+            stmt = json.loads(env.payload)
+            ext = stmt["predicate"]["buildDefinition"]["externalParameters"]
+            inv = stmt["predicate"]["runDetails"]["metadata"]["invocationId"]
+        except (ValueError, KeyError, TypeError) as e:
+            report.fail(f"{w}: statement unreadable ({e})")
+            continue
+        if stmt.get("_type") != STATEMENT_TYPE or stmt.get("predicateType") != PROVENANCE_TYPE:
+            report.fail(f"{w}: not an in-toto Statement v1 with SLSA Provenance v1")
+        subjects = subject_digests(stmt)
+        expected = dict(rec.get("stages", {}).get(stage, {}).get("outs", {}))
+        if ext.get("stage") != stage or inv != run_id or subjects != expected:
+            report.fail(f"{w}: statement is for stage '{ext.get('stage')}' of run '{inv}' with outputs "
+                        f"{sorted(subjects)}; the record lists outputs {sorted(expected)} "
+                        "(an attestation replayed from another artifact?)")
+            continue
+        if resolved is None:
+            resolved = ctx.specs.stages(rec)
+        _compare_resolved(resolved, stage, ext, w, report)
+        for b in stmt["predicate"].get("runDetails", {}).get("byproducts") or ():
+            if isinstance(b, dict) and b.get("name") == "restored-from":
+                ref_run = str(b.get("uri", "")).removeprefix("certus:run/").rsplit("/", 1)[0]
+                out.restores.append((w, stage, subjects, ref_run, str((b.get("digest") or {}).get("sha256"))))
+        out.attestations[sha256_hex(raw)] = (run_id, stage, subjects)
+        for path, digest in subjects.items():
+            out.latest_outs[path] = (digest, run_id)
+            out.attested.append((path, digest, run_id))
+        report.count("attestations")
+    extra_lines = set(by_digest) - {str(a.get("sha256")) for a in listed}
+    if bundle is None and extra_lines:
+        bundle = prov.read_attestations(run_id)
+    for stage in sorted(set(bundle or {}) - {a.get("stage") for a in listed}):
+        report.fail(f"{where}: attestation bundle holds stage '{stage}', which the signed record does not list")
+    leaves = [merkle.leaf_hash(e) for e in envelopes]
+    root = merkle.root(leaves).hex()
+    if len(envelopes) == len(listed):
+        if root != rec.get("merkle_root"):
+            report.fail(f"{where}: Merkle root over attestations {root[:16]}… differs from the record's "
+                        f"{str(rec.get('merkle_root'))[:16]}…")
+        else:
+            report.count("attestation merkle roots")
+            for i, proof in enumerate(merkle.inclusion_proofs(leaves)):
+                merkle.verify_inclusion(leaves[i], i, len(leaves), proof.hashes, bytes.fromhex(root))
+            report.count("attestation inclusion proofs", len(leaves))
+
+
+def _compare_resolved(resolved: Any, stage: str, ext: dict[str, Any], where: str, report: Report) -> None:
+    """The attested cmd and params must be what the committed spec and recorded config resolve to."""
+    if isinstance(resolved, str):
+        report.notes.append(f"{where}: command not re-derived: {resolved}")
+        return
+    if stage not in resolved:
+        report.fail(f"{where}: the run's spec has no stage '{stage}' (the attestation names a stage the "
+                    "committed spec does not define)")
+        return
+    cmd, params = resolved[stage]
+    if ext.get("cmd") != cmd:
+        report.fail(f"{where}: attested cmd {str(ext.get('cmd'))[:80]!r} is not what the committed spec and "
+                    f"recorded config resolve to ({cmd[:80]!r}): a parse cache or the command was tampered with")
+    elif ext.get("params") != params:
+        report.fail(f"{where}: attested params differ from what the committed spec and recorded config resolve "
+                    "to: a parse cache or the params file was tampered with")
+    else:
+        report.count("commands re-derived")
