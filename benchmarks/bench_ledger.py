@@ -25,9 +25,9 @@ import nacl.signing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.provenance import merkle  # noqa: E402
 from engine.provenance.ledger import Ledger  # noqa: E402
 from engine.provenance.note import Verifier  # noqa: E402
-from engine.provenance import merkle  # noqa: E402
 
 ORIGIN = "certus/bench"
 

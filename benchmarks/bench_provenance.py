@@ -25,8 +25,8 @@ from types import SimpleNamespace
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from engine.adapters.keys import generate_key, save_key  # noqa: E402
+from engine.core.canonical import canonical_bytes  # noqa: E402
 from engine.pipeline.spec import StageSpec  # noqa: E402
-from engine.provenance.canonical import canonical_bytes  # noqa: E402
 from engine.provenance.dsse import sign_envelope  # noqa: E402
 from engine.provenance.recorder import NoteSignerAdapter, Provenance  # noqa: E402
 from engine.provenance.records import RUN_TYPE, RunRecord, attestation_root  # noqa: E402

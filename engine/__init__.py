@@ -1,8 +1,10 @@
 """Certus: a declarative pipeline engine for governed, provable AI model lifecycles.
 
-The pure core (spec, dag, hashing, planning, canonical JSON, Merkle, statements) lives in
-top-level modules; everything that touches the outside world (Hydra, DVC, subprocesses,
-PyNaCl, the file system's odd corners) sits in ``engine.adapters``.
+Packages, top to bottom (the layers ``lint-imports`` enforces, see pyproject.toml): ``cli`` (the
+command line) > ``run`` (the coordinator) > ``provenance`` and ``datasets`` (signed records,
+governed data) > ``pipeline`` (what to run and why) > ``store`` (bytes on disk) > ``core`` (shared
+value primitives). ``adapters`` wraps the outside world (Hydra, DVC, PyNaCl, subprocesses,
+Landlock, git) and is reached from ``run`` and ``cli``.
 """
 
 __version__ = "0.1.0"

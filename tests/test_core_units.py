@@ -9,11 +9,12 @@ import re
 
 import pytest
 
+from engine.core.canonical import CanonicalError, canonical_bytes, es6_number, from_canonical
+from engine.core.digest import Digest
 from engine.errors import GraphError
 from engine.pipeline.dag import Dag
 from engine.pipeline.spec import load_spec_text
-from engine.provenance.canonical import CanonicalError, canonical_bytes, es6_number, from_canonical
-from engine.store.digest import Digest
+from engine.run.load import load as load_pipeline
 from engine.store.hashing import Hasher, dir_manifest_bytes
 from engine.store.state import StatCache
 
@@ -128,18 +129,18 @@ def test_parse_caches_follow_file_contents(tmp_path):
     (tmp_path / "pipelines" / "p.yaml").write_text("stages:\n  s: {cmd: 'echo ${a.x}', params: [a.x]}\n")
     ws = Workspace(str(tmp_path))
     for expected in (1, 1):  # second time from the caches
-        cfg, spec, _ = ws.load()
+        cfg, spec, _ = load_pipeline(ws)
         assert cfg["a"]["x"] == expected and spec["s"].cmd == f"echo {expected}"
     assert list((tmp_path / ".certus" / "tmp" / "compose").iterdir())
     (tmp_path / "conf" / "config.yaml").write_text("certus: {pipeline: p}\na: {x: 2}\n")
-    cfg, spec, _ = ws.load()
+    cfg, spec, _ = load_pipeline(ws)
     assert cfg["a"]["x"] == 2 and spec["s"].cmd == "echo 2" and spec["s"].params == (("a.x", 2),)
     (tmp_path / "conf" / "config.yaml").write_text("certus: {pipeline: p}\na: {x: '${oc.env:CERTUS_T_X}'}\n")
     import os
 
     for v in ("3", "4"):
         os.environ["CERTUS_T_X"] = v
-        cfg, spec, _ = ws.load()
+        cfg, spec, _ = load_pipeline(ws)
         assert cfg["a"]["x"] == v and spec["s"].cmd == f"echo {v}"
     del os.environ["CERTUS_T_X"]
 

@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.adapters.keys import Ed25519SigningKey
+from engine.core.canonical import CanonicalError, canonical_bytes
 from engine.errors import (
     BadSignatureError,
     EnvelopeFormatError,
@@ -25,7 +26,6 @@ from engine.errors import (
     SignatureError,
     UnknownKeyError,
 )
-from engine.provenance.canonical import CanonicalError, canonical_bytes
 from engine.provenance.dsse import Envelope, Signature, pae, sign_envelope, verify_envelope
 from engine.provenance.signing import PublicKey, Signer
 

@@ -186,7 +186,7 @@ def test_dir_manifest_with_escaping_entry_is_refused(ws, tmp_path):
     """A self-consistent forged manifest object (stored under its true hash) naming '../x'."""
     import hashlib
 
-    from engine.provenance.canonical import canonical_bytes
+    from engine.core.canonical import canonical_bytes
     ws.write("conf/config.yaml", "certus:\n  pipeline: p\n")
     ws.write("pipelines/p.yaml", textwrap.dedent("""\
         stages:

@@ -22,8 +22,9 @@ import pytest
 from conftest import SeedSigner
 
 import engine.provenance.ledger as ledger_mod
+from engine.core.canonical import canonical_bytes
 from engine.errors import LedgerError
-from engine.provenance.canonical import canonical_bytes
+from engine.provenance import merkle
 from engine.provenance.ledger import (
     CHECKPOINT,
     CHECKPOINTS,
@@ -41,7 +42,6 @@ from engine.provenance.ledger import (
     encode_frame,
 )
 from engine.provenance.note import Checkpoint, Note, Verifier
-from engine.provenance import merkle
 
 ORIGIN = "certus/ws-test"
 REPO = Path(__file__).resolve().parents[1]

@@ -15,6 +15,7 @@ import pytest
 from conftest import SeedSigner
 
 from engine.errors import LedgerError, SignatureError
+from engine.provenance import merkle
 from engine.provenance.note import (
     Checkpoint,
     CheckpointError,
@@ -24,7 +25,6 @@ from engine.provenance.note import (
     Verifier,
     key_id,
 )
-from engine.provenance import merkle
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "signed_note.json").read_text())
 GO = VECTORS["go_note"]

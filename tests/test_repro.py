@@ -102,6 +102,7 @@ def test_touch_without_change_reruns_nothing_and_reads_nothing_twice(diamond):
     from engine.cli.main import main  # noqa: F401  (in-process status with read counter below)
     from engine.pipeline.lockfile import LockFile
     from engine.pipeline.status import workspace_status
+    from engine.run.load import load as load_pipeline
     from engine.store.hashing import Hasher
     from engine.store.state import StatCache
     from engine.store.workspace import Workspace
@@ -110,7 +111,7 @@ def test_touch_without_change_reruns_nothing_and_reads_nothing_twice(diamond):
     w = Workspace(str(diamond.root))
 
     def status_reads() -> tuple[int, bool]:
-        _, spec, dag = w.load()
+        _, spec, dag = load_pipeline(w)
         st = StatCache(os.path.join(w.dot, "state.db"))
         h = Hasher(w.root, state=st)
         rows = workspace_status([spec[n] for n in dag.order()], h, LockFile.load(w.lock_path))
@@ -325,8 +326,8 @@ def test_stage_cannot_corrupt_cache_through_a_hardlink(ws, capsys):
     capsys.readouterr()
     assert ws.certus("repro") == 1
     assert "modified its dependency in place: a.txt" in capsys.readouterr().err
+    from engine.core.digest import Digest
     from engine.store.cache import ObjectCache
-    from engine.store.digest import Digest
 
     digest = Digest.parse(ws.lock()["stages"]["a"]["outs"]["a.txt"]["digest"])
     cache = ObjectCache(str(ws.root / ".certus" / "cache"))

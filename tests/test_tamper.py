@@ -28,7 +28,7 @@ from conftest import BIN, DIAMOND, DIAMOND_CONF, STEP, Workspace
 
 from engine.adapters.keys import load_signer
 from engine.cli.main import main
-from engine.provenance.canonical import canonical_bytes
+from engine.core.canonical import canonical_bytes
 from engine.provenance.dsse import sign_envelope
 from engine.provenance.ledger import Ledger, encode_frame
 from engine.provenance.note import Note

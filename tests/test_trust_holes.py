@@ -30,7 +30,7 @@ from conftest import BIN, DIAMOND, DIAMOND_CONF, STEP
 
 from engine.adapters.keys import load_public_key, load_signer
 from engine.cli.main import main
-from engine.provenance.canonical import canonical_bytes as cj
+from engine.core.canonical import canonical_bytes as cj
 from engine.provenance.dsse import sign_envelope
 from engine.provenance.ledger import Ledger
 from engine.provenance.recorder import NoteSignerAdapter

@@ -47,6 +47,7 @@ import nacl.secret
 import nacl.signing
 import nacl.utils
 
+from engine.adapters.ed25519 import verify_ed25519  # noqa: F401  (re-exported)
 from engine.errors import KeyError_, KeyFileExistsError, KeyFilePermissionError, WrongPassphraseError
 from engine.provenance.signing import (
     ED25519,
@@ -251,15 +252,6 @@ def load_public_key(path: str | os.PathLike[str]) -> PublicKeyInfo:
     except OSError as e:
         raise KeyError_(f"{where}: cannot read ({e.strerror})") from e
     return PublicKeyInfo.from_json_bytes(data, source=where)
-
-
-def verify_ed25519(public_key: bytes, sig: bytes, message: bytes) -> bool:
-    """True iff ``sig`` is a valid Ed25519 signature of ``message`` under ``public_key``."""
-    try:
-        nacl.signing.VerifyKey(public_key).verify(message, sig)
-    except (nacl.exceptions.CryptoError, ValueError, TypeError):
-        return False
-    return True
 
 
 # --- sealing -------------------------------------------------------------------------------

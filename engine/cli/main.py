@@ -14,7 +14,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from engine import __version__
 from engine.errors import EngineError
+from engine.run.load import compose as compose_config
+from engine.run.load import load as load_pipeline
 
 __all__ = ["main"]
 
@@ -118,7 +121,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     ws = _workspace(args)
     targets, overrides = _split_overrides(args.args)
-    _, spec, dag = ws.load(overrides, args.pipeline)
+    _, spec, dag = load_pipeline(ws, overrides, args.pipeline)
     names = dag.select(targets) if targets else dag.order()
     state = StatCache(os.path.join(ws.dot, "state.db"))
     hasher = Hasher(ws.root, state=state)
@@ -142,14 +145,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_dag(args: argparse.Namespace) -> int:
     ws = _workspace(args)
-    _, _, dag = ws.load(args.overrides, args.pipeline)
+    _, _, dag = load_pipeline(ws, args.overrides, args.pipeline)
     fmt = {"mermaid": dag.to_mermaid, "dot": dag.to_dot, "ascii": dag.to_ascii}[args.format]
     sys.stdout.write(fmt())
     return 0
 
 
 def cmd_checkout(args: argparse.Namespace) -> int:
-    from engine.store.checkout import checkout
+    from engine.run.checkout import checkout
 
     ws = _workspace(args)
     restored, kept = checkout(ws, targets=args.targets, force=args.force)
@@ -164,7 +167,7 @@ def cmd_checkout(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from engine.store.gc import gc
+    from engine.run.gc import gc
 
     ws = _workspace(args)
     n, size, kept = gc(ws, workspace_only=args.workspace, dry=args.dry)
@@ -175,7 +178,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     ws = _workspace(args)
-    cfg = ws.compose(args.overrides)
+    cfg = compose_config(ws, args.overrides)
     if args.json:
         print(json.dumps(cfg, indent=2, sort_keys=True))
     else:
@@ -187,7 +190,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     ws = _workspace(args)
-    _, spec, _ = ws.load([], args.pipeline)
+    _, spec, _ = load_pipeline(ws, [], args.pipeline)
     found: dict[str, Any] = {}
     for st in spec.stages.values():
         for m in st.metrics:
@@ -223,6 +226,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="certus", description="Certus: reproducible, signed, governed ML pipelines.")
     p.add_argument("-C", dest="directory", metavar="DIR", help="run as if started in DIR")
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks for errors")
+    p.add_argument("--version", action="version", version=f"certus {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 

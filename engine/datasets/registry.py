@@ -25,8 +25,8 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
+from engine.core.canonical import canonical_bytes
 from engine.errors import DatasetError, SignatureError
-from engine.provenance.canonical import canonical_bytes
 from engine.provenance.dsse import Envelope, sign_envelope, verify_envelope
 from engine.store.fsutil import atomic_write
 

@@ -17,8 +17,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.core.paths import digest_problem, out_record_problem, path_problem
 from engine.errors import WorkspaceError
-from engine.pipeline.paths import digest_problem, out_record_problem, path_problem
 from engine.store.fsutil import atomic_write
 
 __all__ = ["LockFile", "StageLock", "LOCK_VERSION"]

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from engine.core.canonical import canonical_bytes
+from engine.core.digest import Digest, sha256_bytes
 from engine.pipeline.lockfile import StageLock
 from engine.pipeline.spec import StageSpec
-from engine.provenance.canonical import canonical_bytes
-from engine.store.digest import Digest, sha256_bytes
 from engine.store.hashing import Entry
 
 __all__ = ["stage_key", "stale_reasons", "lock_entry", "StageStatus"]

@@ -21,9 +21,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.core.paths import path_problem
 from engine.errors import SpecError
 from engine.pipeline.interpolate import InterpolationFailure, resolve_strings, shell_words
-from engine.pipeline.paths import path_problem
 
 __all__ = ["StageSpec", "PipelineSpec", "load_spec_text", "STAGE_KEYS"]
 

@@ -8,7 +8,7 @@ Implements the Dead Simple Signing Envelope, https://github.com/secure-systems-l
 where ``LEN`` is the ASCII decimal byte length with no leading zeros and ``type`` is UTF-8.
 Signers sign ``PAE(payloadType, payload)``; the JSON envelope only carries the pieces, so its
 layout never affects what is signed. Certus still writes envelopes deterministically: standard
-padded base64 and RFC 8785 canonical JSON (:func:`engine.provenance.canonical.canonical_bytes`), so the
+padded base64 and RFC 8785 canonical JSON (:func:`engine.core.canonical.canonical_bytes`), so the
 same payload signed by the same Ed25519 keys gives byte-identical files.
 
 Parsing is strict: exactly the fields ``payload``, ``payloadType`` and ``signatures`` (each
@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from engine.core.canonical import canonical_bytes
 from engine.errors import (
     BadSignatureError,
     EnvelopeFormatError,
@@ -38,7 +39,6 @@ from engine.errors import (
     SignatureError,
     UnknownKeyError,
 )
-from engine.provenance.canonical import canonical_bytes
 from engine.provenance.signing import PublicKey, Signer, b64decode_strict
 
 __all__ = ["Envelope", "Signature", "pae", "sign_envelope", "verify_envelope"]

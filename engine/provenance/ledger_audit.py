@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.errors import LedgerError, SignatureError
-from engine.provenance.ledger import (
+from engine.provenance import merkle
+from engine.provenance.ledger_format import (
     _MAX_LISTED,
     CHECKPOINT,
     CHECKPOINTS,
@@ -26,7 +27,6 @@ from engine.provenance.ledger import (
     decode_frame,
 )
 from engine.provenance.note import Checkpoint, Note, Verifier
-from engine.provenance import merkle
 
 if TYPE_CHECKING:
     from engine.provenance.ledger import Ledger

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import EngineError, SignatureError
-from engine.provenance.dsse import Envelope
 from engine.provenance import merkle
+from engine.provenance.dsse import Envelope
 from engine.provenance.records import EVENT_TYPE, RUN_TYPE
 from engine.provenance.statement import subject_digests
 from engine.provenance.trust_log import TRUST_TYPE

@@ -76,7 +76,7 @@ VerifyFn = Callable[[bytes, bytes, bytes], bool]
 
 def _nacl_verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
     """Default :data:`VerifyFn`: the PyNaCl adapter, imported here so the core stays importable without it."""
-    from engine.adapters.keys import verify_ed25519
+    from engine.adapters.ed25519 import verify_ed25519
 
     return verify_ed25519(public_key, signature, message)
 

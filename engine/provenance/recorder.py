@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from engine import __version__
+from engine.core.canonical import canonical_bytes
 from engine.errors import EngineError, KeyError_, LedgerError, SignatureError
-from engine.provenance.canonical import canonical_bytes
 from engine.provenance.dsse import Envelope, sign_envelope
 from engine.provenance.records import EVENT_ROLES, EVENT_TYPE, RUN_TYPE, Event, RunRecord, attestation_root
 from engine.provenance.statement import PAYLOAD_TYPE, rfc3339, stage_statement

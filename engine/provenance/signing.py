@@ -113,7 +113,7 @@ class PublicKey:
 
     def verify(self, sig: bytes, payload: bytes) -> None:
         """Check an Ed25519 signature over ``payload``; raise :class:`BadSignatureError` if not."""
-        from engine.adapters.keys import verify_ed25519  # lazy: keeps nacl out of the core
+        from engine.adapters.ed25519 import verify_ed25519  # lazy: keeps nacl out of the core
 
         if not verify_ed25519(self.raw, sig, payload):
             raise BadSignatureError(f"key {self.keyid}: signature does not verify")

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from engine.core.canonical import canonical_bytes
 from engine.errors import KeyRevokedError, TrustFileError, UnknownKeyError
-from engine.provenance.canonical import canonical_bytes
 from engine.provenance.signing import PublicKey
 from engine.provenance.trust import TrustEntry, TrustStore
 

@@ -332,9 +332,9 @@ def _check_inclusion(ledger: Any, raws: list[bytes], indices: list[int], report:
 
 def _verify_artifacts(ws: Workspace, latest_outs: dict[str, tuple[str, str]],
                       attested: list[tuple[str, str, str]], report: Report) -> None:
+    from engine.core.digest import Digest
     from engine.pipeline.lockfile import LockFile
     from engine.store.cache import ObjectCache
-    from engine.store.digest import Digest
     from engine.store.hashing import Hasher
 
     lock = LockFile.load(ws.lock_path)

@@ -16,15 +16,13 @@ from __future__ import annotations
 from typing import Any
 
 from engine.errors import EngineError
-from engine.provenance.verify_runs import Judge, Report, Slice, check_signatures, parse_time
+from engine.provenance.verify_runs import Judge, Report, Slice, check_signatures, parse_time, sha256_hex
 
 __all__ = ["verify_datasets"]
 
 
 def verify_datasets(ws: Any, judge: Judge, entries: Slice, last: int, report: Report) -> None:
     from engine.datasets.registry import APPROVAL_TYPE, MANIFEST_TYPE, Registry, signer_role, structure_problem
-    from engine.provenance.recorder import sha256_hex
-
     try:
         reg = Registry.load(ws.root)
     except EngineError as e:
@@ -104,8 +102,6 @@ def _check_producer(e: Any, entries: Slice, sha: str, where: str, report: Report
 
 def _check_approval(e: Any, judge: Judge, approvals: dict[str, tuple[int, str]], sha: str, last: int,
                     report: Report, approval_type: str) -> None:
-    from engine.provenance.recorder import sha256_hex
-
     m = e.manifest
     w = f"dataset {m.ref} (v{m.version}) approval"
     try:

@@ -8,6 +8,7 @@ a run record's attestations at the record's index.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,11 +16,16 @@ from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from engine.errors import SignatureError
-from engine.provenance.dsse import Envelope, verify_envelope
 from engine.provenance import merkle
+from engine.provenance.dsse import Envelope, verify_envelope
 from engine.provenance.records import EVENT_ROLES, EVENT_TYPE, RUN_TYPE
 from engine.provenance.statement import PAYLOAD_TYPE, PROVENANCE_TYPE, STATEMENT_TYPE, subject_digests
 from engine.provenance.trust_log import GENESIS, TRUST_TYPE
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
 
 __all__ = ["Judge", "Report", "Slice", "check_entries", "check_signatures", "parse_time"]
 
@@ -132,8 +138,6 @@ def _role_and_time(ptype: str, payload: dict[str, Any]) -> tuple[str, Any] | Non
 
 
 def check_entries(ctx: Context, part: Sequence[tuple[int, bytes]]) -> Slice:
-    from engine.provenance.recorder import sha256_hex
-
     out = Slice()
     report = out.report
     for index, raw in part:
@@ -180,8 +184,6 @@ def check_entries(ctx: Context, part: Sequence[tuple[int, bytes]]) -> Slice:
 
 
 def _verify_run(ctx: Context, rec: dict[str, Any], at: datetime, index: int, where: str, out: Slice) -> None:
-    from engine.provenance.recorder import sha256_hex
-
     report, prov = out.report, ctx.prov
     run_id = rec.get("run_id", "?")
     listed = rec.get("attestations", [])

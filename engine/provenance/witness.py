@@ -29,10 +29,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from engine.errors import LedgerError, SignatureError
+from engine.provenance import merkle
 from engine.provenance.cosignature import Cosignature, Cosigner, verify_cosignatures
 from engine.provenance.ledger import ForkError, RollbackError
 from engine.provenance.note import Checkpoint, Note, NoteError, UnverifiedNoteError, Verifier
-from engine.provenance import merkle
 from engine.provenance.trust import TrustEntry, TrustStore
 
 __all__ = [

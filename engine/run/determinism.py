@@ -7,9 +7,9 @@ back from the cache afterwards, so the check never changes the workspace's state
 
 from __future__ import annotations
 
+from engine.core.digest import Digest
 from engine.errors import StageFailedError
 from engine.run.repro import Repro
-from engine.store.digest import Digest
 
 __all__ = ["check_determinism"]
 

@@ -29,15 +29,16 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from engine.core.digest import Digest
+from engine.core.paths import safe_target
 from engine.errors import EngineError, InterruptedRunError, StageFailedError
 from engine.pipeline.lockfile import LockFile
-from engine.pipeline.paths import safe_target
 from engine.pipeline.plan import lock_entry
 from engine.pipeline.spec import StageSpec
 from engine.pipeline.status import evaluate
 from engine.run.executor import Executor, JobResult, StageJob
+from engine.run.load import load as load_pipeline
 from engine.store.cache import ObjectCache, RunCache, link_types_from, remove_path
-from engine.store.digest import Digest
 from engine.store.fsutil import write_if_changed
 from engine.store.hashing import Entry, Hasher
 from engine.store.state import StatCache
@@ -136,7 +137,7 @@ class Repro:
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.executor_factory = executor_factory
-        self.config, self.spec, self.dag = ws.load(opts.overrides, opts.pipeline)
+        self.config, self.spec, self.dag = load_pipeline(ws, opts.overrides, opts.pipeline)
         self.state = StatCache(os.path.join(ws.dot, "state.db"))
         self.cache = ObjectCache(os.path.join(ws.dot, "cache"), link_types=link_types_from(self.config),
                                  state=self.state)

@@ -21,7 +21,7 @@ not hash:
   fails naming the output; ``repro`` then runs the stage instead.
 * Symbolic links are never followed: an output that is a link, or holds one, is refused with
   the path named (see :mod:`engine.store.hashing`); a restore never writes through a parent
-  directory that a link leads out of the workspace (:func:`engine.pipeline.paths.safe_target`).
+  directory that a link leads out of the workspace (:func:`engine.core.paths.safe_target`).
 * Run-cache records are input: one that is malformed or does not match the stage's declared
   outputs is ignored with a note (:meth:`RunCache.lookup`).
 * A full or read-only cache file system is a one-line :class:`CacheError` naming the output
@@ -48,9 +48,9 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from engine.core.digest import Digest
+from engine.core.paths import SymlinkError, path_problem, safe_target
 from engine.errors import CacheError, HashMismatchError
-from engine.pipeline.paths import SymlinkError, path_problem, safe_target
-from engine.store.digest import Digest
 from engine.store.fsutil import atomic_write
 from engine.store.hashing import Entry, copy_hashing, dir_manifest_bytes, file_digest, parse_dir_manifest
 from engine.store.runcache import RunCache, record_problem

@@ -9,7 +9,7 @@ listed and is refused. The manifest bytes are also what the cache stores for a d
 directory output can be restored from its digest alone (manifests in the older JSON form still read).
 
 Symbolic links inside a directory are never followed: a link found while walking one raises
-:class:`~engine.pipeline.paths.SymlinkError` naming it (a link to a file outside would otherwise put
+:class:`~engine.core.paths.SymlinkError` naming it (a link to a file outside would otherwise put
 that file's bytes in the read-only cache; a dangling link or a loop would be a traceback).
 Certus refuses links rather than storing them as links: an output is plain files.
 
@@ -26,9 +26,9 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from engine.core.digest import Digest
+from engine.core.paths import SymlinkError
 from engine.errors import WorkspaceError
-from engine.pipeline.paths import SymlinkError
-from engine.store.digest import Digest
 from engine.store.state import NoopState, StateStore
 
 __all__ = ["Entry", "Hasher", "dir_manifest_bytes", "parse_dir_manifest", "file_digest", "copy_hashing"]

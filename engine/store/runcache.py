@@ -15,9 +15,9 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from engine.core.digest import Digest
+from engine.core.paths import RUN_ID_RE, out_record_problem
 from engine.errors import CacheError
-from engine.pipeline.paths import RUN_ID_RE, out_record_problem
-from engine.store.digest import Digest
 from engine.store.fsutil import atomic_write
 
 __all__ = ["RunCache", "record_problem"]

@@ -13,34 +13,20 @@ import contextlib
 import fcntl
 import json
 import os
-import re
 import signal
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import ConfigError, GraphError, LockHeldError, SpecError, WorkspaceError
-from engine.store.fsutil import atomic_write, overwrite_small
+from engine.errors import GraphError, LockHeldError, WorkspaceError
+from engine.store.fsutil import overwrite_small
 
 __all__ = ["Workspace", "WorkspaceLock", "find_root", "proc_start_time"]
 
 SPEC_DIR = "pipelines"
 CONF_DIR = "conf"
 LOCK_NAME = "certus.lock"
-_CACHE_FORMAT = "2"  # bump when what a parse cache holds changes meaning (2: sealed, cmd values quoted)
-_RESOLVER = re.compile(rb"\$\{(?!\s*raw\s*:)[^}]*:")
-
-
-def _may_resolve(data: bytes) -> bool:
-    """Whether text may hold a resolver interpolation (``${oc.env:X}``, ``${now:...}``), whose value can
-    change between runs with no file changing. Conservative: a ``$`` together with any backslash also
-    counts, since YAML and Hydra escapes (``"$\\x7Boc.env:X}"``, a line continuation) can spell one."""
-    if b"$" not in data:
-        return False
-    return bool(_RESOLVER.search(data)) or b"\\" in data
-
-
 def find_root(start: str) -> str:
     """The nearest directory at or above ``start`` holding ``pipelines/``."""
     cur = os.path.abspath(start)
@@ -104,170 +90,6 @@ class Workspace:
     @property
     def lock_path(self) -> str:
         return self.p(LOCK_NAME)
-
-    # -- configuration ---------------------------------------------------------------------
-
-    def compose(self, overrides: Sequence[str]) -> dict[str, Any]:
-        conf = self.p(CONF_DIR)
-        if not os.path.exists(os.path.join(conf, "config.yaml")):
-            if overrides:
-                raise ConfigError(f"{CONF_DIR}/config.yaml: missing, so overrides {list(overrides)} have nothing "
-                                  "to apply to; create conf/config.yaml")
-            return {}
-        key, cacheable = self._conf_key(conf, overrides)
-        cached = self._cache_get("compose", key) if cacheable else None
-        if cached is not None:
-            return json.loads(cached)
-        from engine.adapters.hydra import compose
-
-        config = compose(conf, overrides)
-        if cacheable:
-            self._cache_put("compose", key, json.dumps(config).encode())
-        return config
-
-    # -- parse caches: composing 1,000 config keys with Hydra, and resolving a 1,000-stage spec, cost
-    # more than everything else `status` does; both are pure functions of file contents, so their
-    # results are kept under .certus/tmp keyed by a hash of those contents. A cache must never outlive
-    # the values it was computed from, so nothing that may contain a resolver (oc.env, now, ...) is
-    # cached, and entries are sealed (engine.store.localseal): an edited entry is ignored, never run.
-
-    def _conf_key(self, conf: str, overrides: Sequence[str]) -> tuple[str, bool]:
-        import hashlib
-        import sys
-
-        from engine import __version__
-
-        h = hashlib.sha256(f"{_CACHE_FORMAT}\0{__version__}\0{sys.version}\0{json.dumps(list(overrides))}\0".encode())
-        # an override with '$' may name a resolver; with '(' a grammar function (shuffle() is random)
-        cacheable = not any("$" in o or "(" in o for o in overrides)
-        for dirpath, dirnames, files in os.walk(conf):
-            dirnames.sort()
-            if any(os.path.islink(os.path.join(dirpath, d)) for d in dirnames):
-                cacheable = False  # Hydra follows a linked directory that this walk does not hash
-            for fn in sorted(files):
-                path = os.path.join(dirpath, fn)
-                with open(path, "rb") as f:
-                    data = f.read()
-                if _may_resolve(data) or b"searchpath" in data:  # values or files from outside conf/
-                    cacheable = False
-                h.update(os.path.relpath(path, conf).encode() + b"\0" + data + b"\0")
-        return h.hexdigest(), cacheable
-
-    def _cache_get(self, kind: str, key: str) -> bytes | None:
-        from engine.store.localseal import unseal
-
-        path = os.path.join(self.dot, "tmp", kind, key + ".json")
-        try:
-            with open(path, "rb") as f:
-                blob = f.read()
-        except OSError:
-            return None
-        data = unseal(kind, key, blob, where=os.path.relpath(path, self.root))
-        if data is None:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-        return data
-
-    def _cache_put(self, kind: str, key: str, data: bytes) -> None:
-        from engine.store.localseal import seal
-
-        blob = seal(kind, key, data)
-        if blob is None:
-            return
-        with contextlib.suppress(OSError):
-            d = os.path.join(self.dot, "tmp", kind)
-            if os.path.isdir(d) and len(os.listdir(d)) > 64:  # keep the cache small
-                for old in os.listdir(d):
-                    with contextlib.suppress(OSError):
-                        os.unlink(os.path.join(d, old))
-            atomic_write(os.path.join(d, key + ".json"), blob, sync=False)
-
-    def pipeline_path(self, config: Mapping[str, Any], name: str | None = None) -> str:
-        if name is None:
-            certus_cfg = config.get("certus") if isinstance(config.get("certus"), Mapping) else {}
-            name = certus_cfg.get("pipeline") if certus_cfg else None
-        spec_dir = self.p(SPEC_DIR)
-        if name is None:
-            found = sorted(f for f in os.listdir(spec_dir) if f.endswith((".yaml", ".yml")))
-            if len(found) != 1:
-                raise SpecError(f"{SPEC_DIR}/: {len(found)} pipeline files; name one with certus.pipeline in "
-                                "conf/config.yaml or --pipeline NAME")
-            return os.path.join(SPEC_DIR, found[0])
-        for ext in (".yaml", ".yml", ""):
-            rel = os.path.join(SPEC_DIR, name + ext) if not name.startswith(SPEC_DIR + "/") else name
-            if os.path.isfile(self.p(rel)):
-                return rel
-        raise SpecError(f"{SPEC_DIR}/{name}.yaml: no such pipeline; see the files in {SPEC_DIR}/")
-
-    def load_spec(self, config: Mapping[str, Any], name: str | None = None) -> Any:
-        from engine.pipeline.spec import load_spec_text
-        from engine.pipeline.spec_yaml import decode_text
-
-        rel = self.pipeline_path(config, name)
-        try:
-            with open(self.p(rel), "rb") as f:
-                raw = f.read()
-        except OSError as e:
-            raise SpecError(f"{rel}: cannot read: {e.strerror}") from e
-        text = decode_text(raw, rel)
-        import hashlib
-
-        from engine import __version__
-        from engine.pipeline.spec import spec_from_json, spec_to_json
-
-        key = hashlib.sha256(f"{_CACHE_FORMAT}\0{__version__}\0{rel}\0{text}\0"
-                             f"{json.dumps(config, sort_keys=True)}".encode())
-        cacheable = not _may_resolve(raw)  # resolvers (oc.env, ...) are re-evaluated each time
-        cached = self._cache_get("spec", key.hexdigest()) if cacheable else None
-        spec = None
-        if cached is not None:
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                spec = spec_from_json(cached)
-        if spec is None:
-            spec = load_spec_text(text, path=rel, config=config)
-            if cacheable:
-                self._cache_put("spec", key.hexdigest(), spec_to_json(spec))
-        if any(st.datasets for st in spec.stages.values()):
-            from engine.datasets.registry import Registry, with_dataset_deps
-
-            spec = with_dataset_deps(spec, Registry.load(self.root))
-        self.check_paths(spec)
-        return spec
-
-    def check_paths(self, spec: Any) -> None:
-        """Refuse paths that leave the workspace through a symlink."""
-        real_root = os.path.realpath(self.root)
-        problems = []
-        for st in spec.stages.values():
-            for fld, paths in (("deps", st.deps), ("outs", st.outs), ("metrics", st.metrics)):
-                for p in paths:
-                    full = self.p(p)
-                    # only walk the symlink check when some component is a link
-                    probe = full
-                    has_link = False
-                    while probe != self.root and len(probe) > len(self.root):
-                        if os.path.islink(probe):
-                            has_link = True
-                            break
-                        probe = os.path.dirname(probe)
-                    if has_link:
-                        real = os.path.realpath(full)
-                        if real != real_root and not real.startswith(real_root + os.sep):
-                            problems.append(f"{spec.path}:{st.line}: stage '{st.name}': field '{fld}': path '{p}' "
-                                            f"escapes the workspace through a symlink (to {real}); "
-                                            "keep data inside the workspace")
-        if problems:
-            raise SpecError("\n".join(sorted(problems)))
-
-    def dag(self, spec: Any) -> Any:
-        from engine.pipeline.dag import Dag
-
-        return Dag(spec, exists=lambda p: os.path.lexists(self.p(p)))
-
-    def load(self, overrides: Sequence[str] = (), pipeline: str | None = None) -> tuple[dict[str, Any], Any, Any]:
-        config = self.compose(overrides)
-        spec = self.load_spec(config, pipeline)
-        return config, spec, self.dag(spec)
 
 
 class WorkspaceLock:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 
+from engine.core.digest import Digest
+from engine.core.paths import out_record_problem
 from engine.errors import CacheError
 from engine.pipeline.lockfile import LockFile
-from engine.pipeline.paths import out_record_problem
 from engine.store.cache import ObjectCache, RunCache
-from engine.store.digest import Digest
 from engine.store.workspace import Workspace, WorkspaceLock
 
 __all__ = ["gc"]

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 
+from engine.core.digest import Digest
 from engine.errors import CacheError, EngineError
 from engine.pipeline.lockfile import LockFile
+from engine.run.load import compose as compose_config
 from engine.store.cache import ObjectCache, link_types_from
-from engine.store.digest import Digest
 from engine.store.hashing import Hasher
 from engine.store.state import StatCache
 from engine.store.workspace import Workspace, WorkspaceLock
@@ -30,7 +31,7 @@ def checkout(ws: Workspace, *, targets: list[str] | None = None, force: bool = F
                 wanted[path] = rec
     state = StatCache(os.path.join(ws.dot, "state.db"))
     hasher = Hasher(ws.root, state=state)
-    cache = ObjectCache(os.path.join(ws.dot, "cache"), link_types=link_types_from(ws.compose([])), state=state)
+    cache = ObjectCache(os.path.join(ws.dot, "cache"), link_types=link_types_from(compose_config(ws, [])), state=state)
     restored, kept, failed = [], [], []
     with WorkspaceLock(ws).held(command="checkout"):
         have = hasher.hash_many(list(wanted))
