@@ -21,6 +21,7 @@ from conftest import BIN, DIAMOND, DIAMOND_CONF, STEP, SeedSigner, Workspace
 
 from engine.adapters.keys import load_public_key, load_signer
 from engine.cli.main import main
+from engine.provenance import merkle
 from engine.provenance.cosignature import (
     Cosignature,
     Cosigner,
@@ -40,7 +41,7 @@ from engine.provenance.note import (
     Verifier,
     parse_vkey,
 )
-from engine.provenance.recorder import NoteSignerAdapter, merkle
+from engine.provenance.recorder import NoteSignerAdapter
 from engine.provenance.trust import TrustStore
 from engine.provenance.witness import BehindError, DifferentLogError, HistoryForkError, compare
 

@@ -20,25 +20,29 @@ import fcntl
 import hashlib
 import json
 import os
-import platform
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-from engine import __version__
 from engine.core.canonical import canonical_bytes
-from engine.errors import EngineError, KeyError_, LedgerError, SignatureError
+from engine.errors import KeyError_, LedgerError, SignatureError
 from engine.provenance.dsse import Envelope, sign_envelope
-from engine.provenance.records import EVENT_ROLES, EVENT_TYPE, RUN_TYPE, Event, RunRecord, attestation_root
-from engine.provenance.statement import PAYLOAD_TYPE, rfc3339, stage_statement
+from engine.provenance.local_state import (  # noqa: F401  (re-exported)
+    held_signals,
+    remember_checkpoint,
+    remembered_checkpoint,
+    witness_path,
+)
+from engine.provenance.records import EVENT_ROLES, EVENT_TYPE, RUN_TYPE, Event, RunRecord
+from engine.provenance.run_record import restore_source  # noqa: F401  (re-exported)
+from engine.provenance.statement import rfc3339
 from engine.provenance.trust import TRUST_FILE, TrustStore
 from engine.provenance.trust_log import trust_digest
 from engine.store.fsutil import atomic_write
+from engine.store.localseal import certus_home
 from engine.store.workspace import Workspace
 
 __all__ = ["Provenance", "certus_home", "keys_dir", "NoteSignerAdapter", "ledger_dir", "git_state"]
@@ -46,10 +50,6 @@ __all__ = ["Provenance", "certus_home", "keys_dir", "NoteSignerAdapter", "ledger
 PROV_DIR = os.path.join(".certus", "provenance")
 LEDGER_DIR = os.path.join(".certus", "ledger")
 STAGE_ENV_KEYS = ("PYTHONHASHSEED", "TZ", "LC_ALL", "SOURCE_DATE_EPOCH")
-
-
-def certus_home() -> str:
-    return os.environ.get("CERTUS_HOME") or os.path.join(os.path.expanduser("~"), ".certus")
 
 
 def keys_dir() -> str:
@@ -441,153 +441,10 @@ class Provenance:
 
     def record_run(self, rep: Any, result: Any, git: Mapping[str, Any],
                    on_commit: Callable[[RunRecord], None] | None = None) -> RunRecord:
-        """Attest every executed/restored stage, sign the run record, append it to the ledger."""
-        signer = self.signer("trainer")
-        index = self.index()
-        env_common = {k: v for k, v in (("PYTHONHASHSEED", "0"), ("TZ", "UTC"), ("LC_ALL", "C.UTF-8"),
-                                        ("SOURCE_DATE_EPOCH", rep._sde_cached()))}
-        envelopes: list[tuple[str, bytes]] = []
-        registry = None
-        if os.path.isdir(self.ws.p(".certus", "datasets")):
-            from engine.datasets.registry import Registry, manifest_path
+        """Attest every executed/restored stage, sign the run record, append it (see run_record)."""
+        from engine.provenance.run_record import record_run
 
-            registry = Registry.load(self.ws.root)
-        for name in sorted(result.outcomes):
-            oc = result.outcomes[name]
-            if oc.state not in ("ran", "restored"):
-                continue
-            st = rep.spec[name]
-            log_digest = None
-            if oc.state == "ran" and oc.log_path and os.path.exists(oc.log_path):
-                with open(oc.log_path, "rb") as f:
-                    log_digest = sha256_hex(f.read())
-            restored_from = None
-            if oc.state == "restored":  # the ledger's attestation of these bytes, never the run cache's say-so
-                found = restore_source(index, name, oc.outs)
-                if found is None:
-                    raise LedgerError(f"stage '{name}': restored outputs have no attestation in the ledger; "
-                                      "nothing was signed; run 'certus repro' again")
-                restored_from = {"run_id": found[0], "attestation": found[2]}
-            datasets = list(getattr(oc, "datasets", ()) or ())
-            if registry is not None:  # deps that are registered (derived) datasets: name their manifests
-                named = {d["name"] for d in datasets}
-                for dep, digest in sorted(oc.deps.items()):
-                    hit = registry.by_path_digest(dep, digest)
-                    if hit is not None and manifest_path(hit.manifest) not in named:
-                        from engine.datasets.registry import DatasetUse
-
-                        datasets.append(DatasetUse(hit.manifest.ref, hit.manifest, sha256_hex(hit.raw)).as_dependency())
-            stmt = stage_statement(
-                stage=name, cmd=st.cmd, params=st.params_dict(), pipeline=rep.spec.path,
-                overrides=result.overrides, outs=oc.outs, deps=oc.deps,
-                datasets=datasets, key=oc.key, engine_version=f"certus {__version__}",
-                python=platform.python_version(), platform=platform.platform(),
-                env={**env_common, **st.env_dict()}, run_id=result.run_id, started=oc.started,
-                finished=oc.finished, exit_status=oc.returncode, log_digest=log_digest, restored_from=restored_from,
-                sandbox=getattr(oc, "sandbox", None) if oc.state == "ran" else None,
-            )
-            env = sign_envelope(PAYLOAD_TYPE, canonical_bytes(stmt), [signer])
-            envelopes.append((name, env.to_json_bytes()))
-        bundle = b"".join(e + b"\n" for _, e in envelopes)
-        rel_bundle = os.path.relpath(self.attestation_path(result.run_id), self.ws.root)
-        if envelopes:
-            atomic_write(self.attestation_path(result.run_id), bundle)
-        digests = {name: sha256_hex(e) for name, e in envelopes}
-        stages = {}
-        for name, oc in sorted(result.outcomes.items()):
-            entry: dict[str, Any] = {"state": oc.state, "key": oc.key,
-                                     "outs": {p: o["digest"] for p, o in sorted(oc.outs.items())}}
-            if name in digests:
-                entry["attestation"] = digests[name]
-            if oc.error:
-                entry["error"] = oc.error
-            stages[name] = entry
-        try:
-            with open(self.ws.lock_path, "rb") as f:
-                lock_sha = sha256_hex(f.read())
-        except FileNotFoundError:
-            lock_sha = None
-        with open(self.ws.p(rep.spec.path), "rb") as f:
-            spec_sha = sha256_hex(f.read())
-        record = RunRecord(
-            run_id=result.run_id, started=rfc3339(result.started), finished=rfc3339(result.finished or result.started),
-            status=result.status, git=dict(git), config=result.config, overrides=list(result.overrides),
-            pipeline=rep.spec.path, spec_sha256=spec_sha, lock_sha256=lock_sha, stages=stages,
-            attestations=[{"stage": n, "sha256": digests[n], "path": rel_bundle} for n, _ in envelopes],
-            merkle_root=attestation_root([e for _, e in envelopes]), previous=self.previous_run_hash(),
-            failed=sorted(n for n, o in result.outcomes.items() if o.state == "failed"),
-        )
-        def committed(done: list[tuple[int, bytes]]) -> None:
-            (at, data), = done
-            self._write_head(sha256_hex(data), at + 1)
-            if on_commit is not None:
-                on_commit(record)
-
-        self.append_records([(RUN_TYPE, record.to_dict(), "trainer")], on_commit=committed)
-        return record
-
-
-def restore_source(index: Any, stage: str, outs: Mapping[str, Mapping[str, Any]]) -> list[str] | None:
-    """``[run id, stage, attestation sha256]`` of a ledger attestation of exactly these outputs by
-    this stage, or None: a run-cache restore is signed only when the ledger already vouches for it."""
-    found = None
-    for path, out in sorted(outs.items()):
-        hit = index.attestation_of(path, out.get("digest"))
-        if hit is None or hit[1] != stage or (found is not None and hit[0] != found[0]):
-            return None
-        found = hit
-    return found
-
-
-def witness_path(ws: Workspace) -> Path:
-    """Where this verifier remembers the last checkpoint it saw for this workspace's ledger."""
-    tag = hashlib.sha256(os.path.realpath(ws.root).encode()).hexdigest()[:24]
-    return Path(certus_home()) / "witness" / f"{tag}.json"
-
-
-def remembered_checkpoint(ws: Workspace) -> Any:
-    """The checkpoint this machine last saw (verified or appended) for the workspace, or None."""
-    from engine.provenance.note import Checkpoint
-
-    try:
-        w = json.loads(witness_path(ws).read_text())
-        return Checkpoint(origin=w["origin"], size=int(w["size"]), root_hash=bytes.fromhex(w["root"]))
-    except (OSError, ValueError, KeyError, TypeError, EngineError):
-        return None
-
-
-def remember_checkpoint(ws: Workspace, cp: Any) -> None:
-    """Advance the remembered checkpoint: every append and every clean verify on this machine does."""
-    path = witness_path(ws)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    seen = {"origin": cp.origin, "size": cp.size, "root": cp.root_hash.hex(), "workspace": os.path.realpath(ws.root)}
-    atomic_write(str(path), json.dumps(seen).encode())
-
-
-@contextlib.contextmanager
-def held_signals() -> Iterator[None]:
-    """Defer SIGINT and SIGTERM to the end of the block, so a commit and its bookkeeping stay together.
-
-    Blocking the signal in this thread is not enough: the kernel hands it to any thread that does
-    not block it (a stage's), and CPython then runs the handler here anyway. So the handlers
-    themselves are swapped for one that only notes the signal, and it is re-raised afterwards.
-    """
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending: list[int] = []
-    saved = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum))
-             for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        for sig in dict.fromkeys(pending):
-            signal.raise_signal(sig)
-
+        return record_run(self, rep, result, git, on_commit)
 
 def python_info() -> str:
     return sys.version.split()[0]
