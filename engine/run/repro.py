@@ -19,14 +19,12 @@ import dataclasses
 import heapq
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from engine.core.digest import Digest
@@ -36,8 +34,18 @@ from engine.pipeline.lockfile import LockFile
 from engine.pipeline.plan import lock_entry
 from engine.pipeline.spec import StageSpec
 from engine.pipeline.status import evaluate
+from engine.run.datasets import DatasetChecks
 from engine.run.executor import Executor, JobResult, StageJob
 from engine.run.load import load as load_pipeline
+from engine.run.outcome import (  # noqa: F401  (re-exported)
+    OK_STATES,
+    Progress,
+    ReproOptions,
+    ReproResult,
+    StageOutcome,
+    nested_params,
+    new_run_id,
+)
 from engine.store.cache import ObjectCache, RunCache, link_types_from, remove_path
 from engine.store.fsutil import write_if_changed
 from engine.store.hashing import Entry, Hasher
@@ -46,88 +54,11 @@ from engine.store.workspace import Workspace, WorkspaceLock
 
 __all__ = ["ReproOptions", "ReproResult", "StageOutcome", "Repro", "new_run_id", "nested_params"]
 
-OK_STATES = ("ran", "restored", "skipped")
 # the only CERTUS_* variables a stage sees: keys, passphrases and $CERTUS_HOME stay with the coordinator
 STAGE_CERTUS_VARS = ("CERTUS_PARAMS", "CERTUS_STAGE", "CERTUS_RUN_ID", "CERTUS_WORKSPACE")
 
 
-def new_run_id() -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
-
-
-def nested_params(params: Sequence[tuple[str, Any]]) -> dict[str, Any]:
-    """``[("train.C", 0.5)]`` -> ``{"train": {"C": 0.5}}``: what a stage script reads."""
-    out: dict[str, Any] = {}
-    for key, value in params:
-        cur = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            cur = cur.setdefault(p, {})
-        cur[parts[-1]] = value
-    return out
-
-
-@dataclass
-class ReproOptions:
-    targets: list[str] = field(default_factory=list)
-    overrides: list[str] = field(default_factory=list)
-    pipeline: str | None = None
-    downstream: bool = False
-    single: bool = False
-    force: bool = False
-    dry: bool = False
-    jobs: int = 0
-    wait: bool = False
-    run_cache: bool = True
-    check_determinism: str | None = None
-
-
-@dataclass
-class StageOutcome:
-    name: str
-    state: str  # ran | restored | skipped | failed | blocked | interrupted
-    key: str = ""
-    reasons: tuple[str, ...] = ()
-    deps: dict[str, str] = field(default_factory=dict)
-    outs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    started: float = 0.0
-    finished: float = 0.0
-    returncode: int | None = None
-    log_path: str = ""
-    error: str = ""
-    first_run: str = ""  # for restored stages: the run that first produced these outputs
-    datasets: list[dict[str, Any]] = field(default_factory=list)  # manifests consumed (resolvedDependencies)
-    sandbox: dict[str, Any] = field(default_factory=dict)  # confinement that applied (engine.adapters.sandbox)
-
-
-@dataclass
-class ReproResult:
-    run_id: str
-    config: dict[str, Any]
-    overrides: list[str]
-    spec_path: str
-    outcomes: dict[str, StageOutcome]
-    started: float
-    finished: float = 0.0
-    status: str = "succeeded"  # succeeded | failed | interrupted
-
-    def count(self, state: str) -> int:
-        return sum(1 for o in self.outcomes.values() if o.state == state)
-
-
-class Progress:
-    """One line per change: done/running/pending, on stderr."""
-
-    def __init__(self, total: int, stream: TextIO) -> None:
-        self.total = total
-        self.stream = stream
-
-    def show(self, done: int, running: int, pending: int, event: str) -> None:
-        self.stream.write(f"[certus] {done}/{self.total} done, {running} running, {pending} pending — {event}\n")
-        self.stream.flush()
-
-
-class Repro:
+class Repro(DatasetChecks):
     """One ``repro`` invocation over a loaded workspace."""
 
     def __init__(self, ws: Workspace, opts: ReproOptions, *, out: TextIO | None = None,
@@ -433,73 +364,6 @@ class Repro:
                 f"logs under .certus/logs/{self.run_id}/"
             )
         return result
-
-    def _trust(self) -> Any:
-        if not os.path.exists(self.ws.p("trust.json")):
-            return None
-        from engine.provenance.recorder import Provenance
-
-        return Provenance(self.ws).trust()
-
-    def _check_datasets(self, names: list[str]) -> dict[str, list[Any]]:
-        """Every dataset a selected stage consumes must pass governance before anything runs."""
-        wanted = [(n, ref) for n in names for ref in self.spec[n].datasets]
-        if not wanted:
-            return {}
-        from engine.datasets.registry import Registry, check_use
-        from engine.errors import DatasetError
-
-        reg = Registry.load(self.ws.root)
-        trust = self._trust()
-        uses: dict[str, list[Any]] = {}
-        for stage, ref in wanted:
-            try:
-                entry = reg.resolve(ref)
-                e = self.hasher.hash_path(entry.manifest.path)
-                use = check_use(reg, ref, stage, self.config, str(e.digest) if e else None, trust,
-                                ledger_index=self._ledger_index())
-                uses.setdefault(stage, []).append(use)
-                # a stage that will run consumes the data now: its schema is checked before anything runs
-                if self.opts.force or evaluate(self.spec[stage], self.hasher, self.lock).reasons:
-                    why = self._schema_problem(use)
-                    if why:
-                        raise DatasetError(f"stage '{stage}': dataset {use.manifest.ref} refused: {why}")
-            except DatasetError as err:
-                self._refused(stage, ref, str(err))
-                raise
-        return uses
-
-    def _schema_problem(self, use: Any) -> str | None:
-        """Schema-check a consumed dataset once per run (memoised by content and schema)."""
-        from engine.datasets.schema import load_schema_file, validate
-        from engine.errors import DatasetError
-
-        man = use.manifest
-        if not man.schema:
-            return None
-        memo = self.__dict__.setdefault("_schema_memo", {})
-        tag = (man.id, man.schema.get("sha256"))
-        if tag not in memo:
-            try:
-                schema = load_schema_file(self.ws.p(man.schema["path"]), man.schema["path"])
-                validate(self.ws.p(man.path), schema, label=man.path)
-                memo[tag] = None
-            except (OSError, DatasetError) as e:
-                memo[tag] = str(e).replace("\n", "; ")
-        return memo[tag]
-
-    def _refused(self, stage: str, ref: str, why: str) -> None:
-        """Hook: a dataset was refused for a stage (provenance records it in the ledger)."""
-
-    def _validate_datasets(self, st: StageSpec, oc: StageOutcome) -> bool:
-        for use in self.dataset_uses.get(st.name, []):
-            oc.datasets.append(use.as_dependency())
-            why = self._schema_problem(use)
-            if why:
-                oc.state, oc.error = "failed", f"dataset {use.manifest.ref} refused: {why}"
-                self._refused(st.name, use.ref, oc.error)
-                return False
-        return True
 
     def _after(self, result: ReproResult) -> None:
         """Hook for what follows a run (provenance); the base run does nothing more."""
