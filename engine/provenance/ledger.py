@@ -65,12 +65,15 @@ from engine.provenance.ledger_format import (  # noqa: F401  (re-exported: the l
     StepHook,
     TornTail,
     TornTailError,
+    _append_durably,
     _decode_note_line,
     _encode_note_line,
     _frame,
     _lines,
+    _no_hook,
     _parse_checkpoint,
     _read,
+    _replace_durably,
     _size,
     _State,
     check_extends,
@@ -94,53 +97,6 @@ __all__ = [
     "decode_frame",
     "encode_frame",
 ]
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _append_durably(path: Path, data: bytes, expected_size: int) -> None:
-    """Append ``data`` at ``expected_size`` (refusing if the file moved) and fsync."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        size = os.fstat(fd).st_size
-        if size != expected_size:
-            raise TornTailError(f"{path}: {size} bytes on disk, expected {expected_size}: changed since open")
-        _write_all(fd, data)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-    os.fsync(fd)
-
-
-def _replace_durably(path: Path, data: bytes, hook: StepHook) -> None:
-    """Atomically replace ``path``: fixed-name temporary file, fsync, rename, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.tmp")  # a fixed name: a crash leaves no debris to commit
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        _write_all(fd, data)
-    finally:
-        os.close(fd)
-    hook(f"{path.name}.tmp")
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _no_hook(step: str) -> None:
-    return None
-
-
-# -- the ledger ---------------------------------------------------------------------------------------
-
 
 class Ledger:
     """An open ledger directory. Use :meth:`open`; the caller holds the workspace lock."""

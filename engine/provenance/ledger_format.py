@@ -1,4 +1,5 @@
-"""The ledger's on-disk encodings: frames, checkpoint lines, the state cache, the witness rule.
+"""The ledger's on-disk encodings (frames, checkpoint lines, the state cache, the witness rule) and
+the durable append / replace primitives.
 
 Pure encodings (and two small read helpers) shared by :mod:`engine.provenance.ledger` (which
 appends) and :mod:`engine.provenance.ledger_audit` (which re-derives everything); see the former
@@ -11,6 +12,7 @@ import base64
 import binascii
 import contextlib
 import json
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -247,3 +249,53 @@ def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
         end = len(data) if nl < 0 else nl + 1
         yield end, data[pos:end]
         pos = end
+
+
+# -- durable writes (the only writes; the ledger decides their order) ------------------------------
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _append_durably(path: Path, data: bytes, expected_size: int) -> None:
+    """Append ``data`` at ``expected_size`` (refusing if the file moved) and fsync."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size != expected_size:
+            raise TornTailError(f"{path}: {size} bytes on disk, expected {expected_size}: changed since open")
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.fsync(fd)
+
+
+def _replace_durably(path: Path, data: bytes, hook: StepHook) -> None:
+    """Atomically replace ``path``: fixed-name temporary file, fsync, rename, fsync the directory."""
+    tmp = path.with_name(f".{path.name}.tmp")  # a fixed name: a crash leaves no debris to commit
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
+    hook(f"{path.name}.tmp")
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _no_hook(step: str) -> None:
+    return None
+
+
+# -- the ledger ---------------------------------------------------------------------------------------
