@@ -112,7 +112,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 
 def _state(entry: Any, trust: Any, reg: Any) -> str:
-    from engine.datasets.registry import approval_problem
+    from engine.datasets.policy import approval_problem
 
     why = approval_problem(entry, trust, reg)
     return "approved" if why is None else ("inherited-unapproved" if entry.manifest.approval == "inherited"

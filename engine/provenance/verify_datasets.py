@@ -22,7 +22,8 @@ __all__ = ["verify_datasets"]
 
 
 def verify_datasets(ws: Any, judge: Judge, entries: Slice, last: int, report: Report) -> None:
-    from engine.datasets.registry import APPROVAL_TYPE, MANIFEST_TYPE, Registry, signer_role, structure_problem
+    from engine.datasets.policy import signer_role, structure_problem
+    from engine.datasets.registry import APPROVAL_TYPE, MANIFEST_TYPE, Registry
     try:
         reg = Registry.load(ws.root)
     except EngineError as e:

@@ -35,7 +35,8 @@ class DatasetChecks:
         wanted = [(n, ref) for n in names for ref in self.spec[n].datasets]
         if not wanted:
             return {}
-        from engine.datasets.registry import Registry, check_use
+        from engine.datasets.policy import check_use
+        from engine.datasets.registry import Registry
         from engine.errors import DatasetError
 
         reg = Registry.load(self.ws.root)
