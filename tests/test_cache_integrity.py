@@ -3,7 +3,6 @@ the run cache or the store path, on real files and the real CLI."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 
 from engine.errors import HashMismatchError
 from engine.store.cache import ObjectCache
-from engine.store.hashing import Hasher
+from engine.store.hashing import Hasher, parse_dir_manifest
 
 
 def _obj(ws, digest: str) -> Path:
@@ -136,7 +135,7 @@ def test_garbled_file_inside_a_directory_output(ws):
             outs: [d]
     """))
     assert ws.certus("repro") == 0
-    manifest = json.loads(_obj(ws, _digest_of(ws, "d", "d")).read_text())
+    manifest = parse_dir_manifest(_obj(ws, _digest_of(ws, "d", "d")).read_bytes())
     two = dict(manifest)["sub/two.txt"]
     _garble(_obj(ws, "sha256:" + two))
     shutil.rmtree(ws.root / "d")
