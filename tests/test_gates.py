@@ -238,10 +238,10 @@ def test_baseline_comparison(g: G, ws: Workspace) -> None:
 
 
 def test_tampered_gate_result_and_waiver_caught_by_verify(g: G) -> None:
+    from engine.adapters.keys import load_signer
     from engine.core.canonical import canonical_bytes
     from engine.provenance.dsse import sign_envelope
     from engine.provenance.recorder import NoteSignerAdapter
-    from engine.adapters.keys import load_signer
 
     g.fails("repro", "policy.release.accuracy.min=0.99")
     run = g.last_run()
