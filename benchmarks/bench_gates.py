@@ -24,7 +24,8 @@ def main() -> None:
         os.environ.update(CERTUS_HOME=str(home), CERTUS_KEY_PASSPHRASE="bench", CERTUS_KDF_FAST="1")
         (ws / "conf/policy").mkdir(parents=True)
         (ws / "pipelines").mkdir()
-        (ws / "conf/config.yaml").write_text("defaults: [{policy: default}, _self_]\ncertus: {pipeline: p}\nm: {a: 0.9}\n")
+        (ws / "conf/config.yaml").write_text(
+            "defaults: [{policy: default}, _self_]\ncertus: {pipeline: p}\nm: {a: 0.9}\n")
         (ws / "conf/policy/default.yaml").write_text(
             "release:\n" + "".join(f"  r{i}: {{metric: m{i}, min: 0.5, hard_limit: 0.1}}\n" for i in range(20)))
         (ws / "ev.py").write_text(textwrap.dedent('''

@@ -26,7 +26,12 @@ from engine.gates.policy import MISSING, Rule, evaluate, lookup_metric, parse_po
 from engine.provenance.gate_records import gate_statement
 from engine.provenance.statement import PAYLOAD_TYPE, rfc3339
 
-__all__ = ["GateRunner", "GateState", "plain"]
+__all__ = ["GateRunner", "GateState", "plain", "gate_runner"]
+
+
+def gate_runner(rep: Any) -> GateRunner | None:
+    """The gates of ``rep``'s spec (signed when ``rep`` has a ``prov``), or None when it declares none."""
+    return GateRunner(rep, getattr(rep, "prov", None)) if rep.spec.gates else None
 
 
 def plain(obj: Any) -> Any:

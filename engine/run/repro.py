@@ -32,6 +32,7 @@ from typing import Any, TextIO
 from engine.core.digest import Digest
 from engine.core.paths import safe_target
 from engine.errors import EngineError, InterruptedRunError, StageFailedError
+from engine.gates.runner import gate_runner
 from engine.pipeline.lockfile import LockFile
 from engine.pipeline.plan import lock_entry
 from engine.pipeline.spec import StageSpec
@@ -154,7 +155,6 @@ class Repro:
         self._dirty = False
         self._executor: Executor | None = None
         self.dataset_uses: dict[str, list[Any]] = {}
-        self._gates: Any = None  # engine.gates.runner.GateRunner when the spec declares gates
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -338,7 +338,7 @@ class Repro:
         from engine.adapters.gitfiles import refuse_tracked_outputs
 
         refuse_tracked_outputs(self.spec, names, self.ws.root)  # before any output is deleted or restored
-        self._gates = self._gate_runner()
+        self._gates = gate_runner(self)  # the spec's evaluation gates (engine.gates), or None
         result = ReproResult(run_id=self.run_id, config=self.config, overrides=list(self.opts.overrides),
                              spec_path=self.spec.path, outcomes={}, started=time.time())
         selected = set(names)
@@ -357,8 +357,7 @@ class Repro:
         heapq.heapify(ready)
 
         def settle(n: str) -> None:
-            if self._gates is not None:  # a gate is evaluated right after its metrics stage settles
-                self._gates.settled(n, result)
+            self._gates and self._gates.settled(n, result)  # a gate is evaluated right after its metrics stage
             for d in succ[n]:
                 waiting[d] -= 1
                 if not waiting[d]:
@@ -507,15 +506,6 @@ class Repro:
 
     def _after(self, result: ReproResult) -> None:
         """Hook for what follows a run (provenance); the base run does nothing more."""
-
-    def _gate_runner(self) -> Any:
-        """Hook: the spec's evaluation gates (engine.gates.runner), or None; signed where there is a signer."""
-        if not self.spec.gates:
-            return None
-        from engine.gates.runner import GateRunner
-
-        return GateRunner(self, getattr(self, "prov", None))
-
     def _ledger_index(self) -> Any:
         """Hook: the ledger index that dataset checks consult (provenance); None without a ledger."""
         return None
@@ -553,8 +543,7 @@ class Repro:
             result.outcomes[st.name] = oc
             return "skipped"
         if st.requires_gate and self._gates is not None and (why := self._gates.block(st)):
-            oc.state, oc.error = "failed", why  # not run: its gate neither passed nor was waived
-            result.outcomes[st.name] = oc
+            oc.state, oc.error, result.outcomes[st.name] = "failed", why, oc  # gate neither passed nor waived
             return "failed"
         if st.datasets and not self._validate_datasets(st, oc):
             result.outcomes[st.name] = oc
