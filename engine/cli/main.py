@@ -279,6 +279,9 @@ def _parser() -> argparse.ArgumentParser:
     from engine.cli.provenance import register as register_provenance
 
     register_provenance(sub, add)
+    from engine.cli.gates import register as register_gates
+
+    register_gates(sub, add)
     return p
 
 

@@ -198,6 +198,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"  {name}: {s['state']}" + (f" ({s['error']})" if s.get("error") else ""))
         for p, d in s.get("outs", {}).items():
             print(f"      {p}  {d}")
+    from engine.cli.gates import print_gate_table
+
+    print_gate_table(Provenance(_ws(args)), rec["run_id"])
     print("config:")
     import yaml
 

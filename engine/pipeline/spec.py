@@ -40,9 +40,10 @@ STAGE_KEYS = (
     "register",
     "writable",
     "timeout",
+    "requires_gate",
 )
 _GENERATOR_KEYS = ("foreach", "do", "matrix")
-_TOP_KEYS = ("stages", "vars")
+_TOP_KEYS = ("stages", "vars", "gates")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _ITEM_REF = re.compile(r"\$\{\s*(item|key)((?:\.[A-Za-z0-9_\-]+)*)\s*\}")
 _RAW_ITEM_REF = re.compile(r"\$\{\s*raw\s*:\s*\$\{\s*(item|key)((?:\.[A-Za-z0-9_\-]+)*)\s*\}\s*\}")
@@ -67,6 +68,7 @@ class StageSpec:
     writable: tuple[str, ...] = ()  # extra paths the sandbox lets the stage write (~ kept, expanded at run time)
     timeout: float | None = None  # seconds; the stage's whole process tree is killed on expiry
     line: int = field(default=0, compare=False)
+    requires_gate: str | None = None  # a gate (spec ``gates:``) that must pass or be waived first
 
     @property
     def all_outs(self) -> tuple[str, ...]:
@@ -86,6 +88,7 @@ class PipelineSpec:
 
     path: str
     stages: Mapping[str, StageSpec]
+    gates: Mapping[str, Any] = field(default_factory=dict)  # name -> engine.pipeline.gates_spec.GateSpec
 
     def __getitem__(self, name: str) -> StageSpec:
         return self.stages[name]
@@ -507,7 +510,24 @@ def load_spec_text(text: str, *, path: str, config: Mapping[str, Any]) -> Pipeli
                           f"output '{o}' lies inside output '{parent}' of stage '{owner[parent]}'")
             parent = posixpath.dirname(parent)
     probs.raise_if_any()
+    if "gates" in data or any("requires_gate" in resolved[n] for n, _, _ in bodies):
+        return _with_gates(PipelineSpec(path=path, stages=stages), data.get("gates"), resolved, bodies, config, probs)
     return PipelineSpec(path=path, stages=stages)
+
+
+def _with_gates(spec: PipelineSpec, raw: Any, resolved: Mapping[str, Any], bodies: list[Any],
+                config: Mapping[str, Any], probs: _Problems) -> PipelineSpec:
+    """The ``gates:`` section and ``requires_gate`` fields (engine.pipeline.gates_spec)."""
+    import dataclasses
+
+    from engine.pipeline.gates_spec import check_requires, parse_gates
+
+    gates = parse_gates(raw, spec.stages, config, probs)
+    requires = check_requires(spec.stages, gates, {n: (resolved[n].get("requires_gate"), kp + ("requires_gate",))
+                                                   for n, _, kp in bodies}, probs)
+    probs.raise_if_any()
+    stages = {n: dataclasses.replace(st, requires_gate=requires.get(n)) for n, st in spec.stages.items()}
+    return PipelineSpec(path=spec.path, stages=stages, gates=gates)
 
 
 def spec_to_json(spec: PipelineSpec) -> bytes:
@@ -519,8 +539,9 @@ def spec_to_json(spec: PipelineSpec) -> bytes:
         stages.append({"name": st.name, "cmd": st.cmd, "deps": st.deps, "outs": st.outs, "metrics": st.metrics,
                        "params": st.params, "env": st.env, "desc": st.desc, "always_changed": st.always_changed,
                        "datasets": st.datasets, "register": st.register, "writable": st.writable,
-                       "timeout": st.timeout, "line": st.line})
-    return json.dumps({"path": spec.path, "stages": stages}).encode()
+                       "timeout": st.timeout, "line": st.line, "requires_gate": st.requires_gate})
+    gates = [g.to_json() for g in spec.gates.values()]
+    return json.dumps({"path": spec.path, "stages": stages, "gates": gates}).encode()
 
 
 def spec_from_json(data: bytes) -> PipelineSpec:
@@ -534,5 +555,8 @@ def spec_from_json(data: bytes) -> PipelineSpec:
             params=tuple((k, v) for k, v in s["params"]), env=tuple((k, v) for k, v in s["env"]), desc=s["desc"],
             always_changed=s["always_changed"], datasets=tuple(s["datasets"]),
             register=tuple((k, v) for k, v in s["register"]), writable=tuple(s.get("writable", ())),
-            timeout=s.get("timeout"), line=s["line"])
-    return PipelineSpec(path=doc["path"], stages=stages)
+            timeout=s.get("timeout"), line=s["line"], requires_gate=s.get("requires_gate"))
+    from engine.pipeline.gates_spec import GateSpec
+
+    gates = {g["name"]: GateSpec.from_json(g) for g in doc.get("gates", ())}
+    return PipelineSpec(path=doc["path"], stages=stages, gates=gates)

@@ -16,13 +16,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.provenance import merkle
+from engine.provenance.gate_records import TEST_RESULT_PREDICATE, WAIVER_TYPE
 
-__all__ = ["RUN_TYPE", "EVENT_TYPE", "ROLE_FOR_TYPE", "RunRecord", "Event", "attestation_root"]
+__all__ = ["RUN_TYPE", "EVENT_TYPE", "WAIVER_TYPE", "ROLE_FOR_TYPE", "ROLE_FOR_PREDICATE", "RunRecord", "Event",
+           "attestation_root"]
 
 RUN_TYPE = "application/vnd.certus.run+json"
 EVENT_TYPE = "application/vnd.certus.event+json"
 # which trust role must sign each payload type (governance events: per event kind, below)
-ROLE_FOR_TYPE = {RUN_TYPE: "trainer"}
+ROLE_FOR_TYPE = {RUN_TYPE: "trainer", WAIVER_TYPE: "approver"}  # a gate waiver (engine.provenance.gate_records)
+# in-toto statements appended to the ledger itself (payloadType application/vnd.in-toto+json), by predicate:
+# a gate result (Test Result predicate) is the run's trainer's
+ROLE_FOR_PREDICATE = {TEST_RESULT_PREDICATE: "trainer"}
 EVENT_ROLES = {
     "dataset.registered": "data-steward",
     "dataset.approved": "approver",

@@ -174,6 +174,10 @@ def _verify_ledger(ws: Workspace, prov: Any, trust: TrustStore, ldir: str, repor
     _check_checkpoint_keys(judge, history, trust, ledger.origin, checkpoint_signers, entries.times, report,
                            ldir, rel)
     _check_restores(entries, report)
+    if entries.gate_entries:
+        from engine.provenance.verify_gates import verify_gates
+
+        verify_gates(entries, report)
     if run is None:
         from engine.provenance.verify_datasets import verify_datasets
 

@@ -18,7 +18,8 @@ from typing import Any, Protocol
 from engine.errors import SignatureError
 from engine.provenance import merkle
 from engine.provenance.dsse import Envelope, verify_envelope
-from engine.provenance.records import EVENT_ROLES, EVENT_TYPE, RUN_TYPE
+from engine.provenance.gate_records import WAIVER_TYPE, claimed_time
+from engine.provenance.records import EVENT_ROLES, EVENT_TYPE, ROLE_FOR_PREDICATE, ROLE_FOR_TYPE, RUN_TYPE
 from engine.provenance.statement import PAYLOAD_TYPE, PROVENANCE_TYPE, STATEMENT_TYPE, subject_digests
 from engine.provenance.trust_log import GENESIS, TRUST_TYPE
 
@@ -99,6 +100,9 @@ class Slice:
     attestations: dict[str, tuple[str, str, dict[str, str]]] = field(default_factory=dict)  # sha -> run, stage, subj
     restores: list[tuple[str, str, dict[str, str], str, str]] = field(default_factory=list)
     times: dict[int, datetime] = field(default_factory=dict)
+    # gate results and waivers (engine.provenance.verify_gates): index, where, sha256, payload, signer keyids, trusted
+    gate_entries: list[tuple[int, str, str, dict[str, Any], tuple[str, ...], bool]] = field(default_factory=list)
+    run_signers: dict[str, tuple[str, ...]] = field(default_factory=dict)  # run id -> keyids of its record
 
     @classmethod
     def concat(cls, parts: list[Slice]) -> Slice:
@@ -115,6 +119,8 @@ class Slice:
             out.attestations.update(part.attestations)
             out.restores.extend(part.restores)
             out.times.update(part.times)
+            out.gate_entries.extend(part.gate_entries)
+            out.run_signers.update(part.run_signers)
         return out
 
 
@@ -134,6 +140,10 @@ def _role_and_time(ptype: str, payload: dict[str, Any]) -> tuple[str, Any] | Non
         return EVENT_ROLES.get(payload.get("kind", ""), "trainer"), payload.get("time", "")
     if ptype == TRUST_TYPE:
         return ("ledger" if payload.get("kind") == GENESIS else "admin"), payload.get("time", "")
+    if ptype == WAIVER_TYPE:
+        return ROLE_FOR_TYPE[WAIVER_TYPE], payload.get("time", "")
+    if ptype == PAYLOAD_TYPE and payload.get("predicateType") in ROLE_FOR_PREDICATE:
+        return ROLE_FOR_PREDICATE[payload["predicateType"]], claimed_time(payload)
     return None
 
 
@@ -152,12 +162,15 @@ def check_entries(ctx: Context, part: Sequence[tuple[int, bytes]]) -> Slice:
             continue
         kind = _role_and_time(env.payload_type, payload)
         if kind is None:
-            report.fail(f"{where}: unknown payloadType '{env.payload_type}'; expected {RUN_TYPE}, {EVENT_TYPE} "
-                        f"or {TRUST_TYPE}")
+            report.fail(f"{where}: unknown payloadType '{env.payload_type}'; expected {RUN_TYPE}, {EVENT_TYPE}, "
+                        f"{TRUST_TYPE}, {WAIVER_TYPE} or a gate result ({PAYLOAD_TYPE})")
             continue
         role, at_text = kind
+        gate_kind = env.payload_type in (WAIVER_TYPE, PAYLOAD_TYPE)
         if env.payload_type == RUN_TYPE:
             where += f" (run {payload.get('run_id', '?')})"
+        elif gate_kind:
+            where += " (gate waiver)" if env.payload_type == WAIVER_TYPE else " (gate result)"
         else:
             where += f" ({'event ' if env.payload_type == EVENT_TYPE else ''}{payload.get('kind', '?')} " \
                      f"{payload.get('subject', '')})"
@@ -172,12 +185,16 @@ def check_entries(ctx: Context, part: Sequence[tuple[int, bytes]]) -> Slice:
         except ValueError:
             report.fail(f"{where}: unreadable time '{at_text}'")
             continue
-        check_signatures(env, ctx.judge, role, at, index, where, report)
+        trusted = check_signatures(env, ctx.judge, role, at, index, where, report)
         out.times[index] = at
         report.count("records")
+        if gate_kind:
+            out.gate_entries.append((index, where, sha256_hex(raw), payload, tuple(s.keyid for s in env.signatures),
+                                     trusted))
         if env.payload_type != RUN_TYPE:
             continue
         run_id = str(payload.get("run_id", "?"))
+        out.run_signers[run_id] = tuple(s.keyid for s in env.signatures)
         out.runs.append((index, where, payload.get("previous"), sha256_hex(raw), run_id))
         _verify_run(ctx, payload, at, index, where, out)
     return out

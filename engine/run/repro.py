@@ -30,6 +30,7 @@ from typing import Any, TextIO
 from engine.core.digest import Digest
 from engine.core.paths import safe_target
 from engine.errors import EngineError, InterruptedRunError, StageFailedError
+from engine.gates.runner import gate_runner
 from engine.pipeline.lockfile import LockFile
 from engine.pipeline.plan import lock_entry
 from engine.pipeline.spec import StageSpec
@@ -268,6 +269,7 @@ class Repro(DatasetChecks):
         from engine.adapters.gitfiles import refuse_tracked_outputs
 
         refuse_tracked_outputs(self.spec, names, self.ws.root)  # before any output is deleted or restored
+        self._gates = gate_runner(self)  # the spec's evaluation gates (engine.gates), or None
         result = ReproResult(run_id=self.run_id, config=self.config, overrides=list(self.opts.overrides),
                              spec_path=self.spec.path, outcomes={}, started=time.time())
         selected = set(names)
@@ -286,6 +288,7 @@ class Repro(DatasetChecks):
         heapq.heapify(ready)
 
         def settle(n: str) -> None:
+            self._gates and self._gates.settled(n, result)  # a gate is evaluated right after its metrics stage
             for d in succ[n]:
                 waiting[d] -= 1
                 if not waiting[d]:
@@ -367,7 +370,6 @@ class Repro(DatasetChecks):
 
     def _after(self, result: ReproResult) -> None:
         """Hook for what follows a run (provenance); the base run does nothing more."""
-
     def _ledger_index(self) -> Any:
         """Hook: the ledger index that dataset checks consult (provenance); None without a ledger."""
         return None
@@ -404,6 +406,9 @@ class Repro(DatasetChecks):
             oc.outs = dict(self.lock.get(st.name).outs) if self.lock.get(st.name) else {}
             result.outcomes[st.name] = oc
             return "skipped"
+        if st.requires_gate and self._gates is not None and (why := self._gates.block(st)):
+            oc.state, oc.error, result.outcomes[st.name] = "failed", why, oc  # gate neither passed nor waived
+            return "failed"
         if st.datasets and not self._validate_datasets(st, oc):
             result.outcomes[st.name] = oc
             return "failed"

@@ -73,6 +73,8 @@ class ProvenanceRepro(Repro):
         self.prov.record_run(self, result, self._git, on_commit=self._committed)
         self.err.write(f"[certus] signed run record {result.run_id} ({len(self.record.attestations)} "
                        f"attestation(s), merkle root {self.record.merkle_root[:16]}…) appended to the ledger\n")
+        if self._gates is not None:  # gate results evaluated in this run, linked to it, after its record
+            self._gates.commit(self.prov, self.err)
 
 
     def _register_derived(self, result: ReproResult) -> None:
