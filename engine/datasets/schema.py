@@ -85,7 +85,7 @@ def load_schema_file(full_path: str, rel: str) -> Schema:
 
 
 def load_schema(path: str, text: str) -> Schema:
-    from engine.pipeline.spec import _line_index, parse_yaml
+    from engine.pipeline.spec_problems import _line_index, parse_yaml
 
     data = parse_yaml(text, path)
 

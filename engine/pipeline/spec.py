@@ -13,35 +13,27 @@ by :mod:`engine.store.workspace`, which is allowed to look at the disk.
 
 from __future__ import annotations
 
-import difflib
-import itertools
 import posixpath
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine.core.paths import path_problem
 from engine.errors import SpecError
-from engine.pipeline.interpolate import InterpolationFailure, resolve_strings, shell_words
+from engine.pipeline.foreach import STAGE_KEYS, _expand
+from engine.pipeline.interpolate import InterpolationFailure, resolve_strings
+from engine.pipeline.spec_problems import (  # noqa: F401  (parse_yaml re-exported)
+    _as_str_list,
+    _nul_field,
+    _Problems,
+    _short,
+    _suggest,
+    parse_yaml,
+)
 
 __all__ = ["StageSpec", "PipelineSpec", "load_spec_text", "STAGE_KEYS"]
 
-STAGE_KEYS = (
-    "cmd",
-    "deps",
-    "outs",
-    "params",
-    "metrics",
-    "env",
-    "desc",
-    "always_changed",
-    "datasets",
-    "register",
-    "writable",
-    "timeout",
-    "requires_gate",
-)
 _GENERATOR_KEYS = ("foreach", "do", "matrix")
 _TOP_KEYS = ("stages", "vars", "gates")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
@@ -92,206 +84,6 @@ class PipelineSpec:
 
     def __getitem__(self, name: str) -> StageSpec:
         return self.stages[name]
-
-
-class _Problems:
-    """Collects every problem so one error can list them all, sorted by line."""
-
-    def __init__(self, path: str, text: str) -> None:
-        self.path = path
-        self.text = text
-        self.items: list[tuple[int, str]] = []
-        self._lines: dict[tuple[Any, ...], int] | None = None
-
-    def line_of(self, keypath: tuple[Any, ...]) -> int:
-        if self._lines is None:
-            self._lines = _line_index(self.text)
-        while keypath:
-            if keypath in self._lines:
-                return self._lines[keypath]
-            keypath = keypath[:-1]
-        return 1
-
-    def add(self, keypath: tuple[Any, ...], stage: str | None, fld: str | None, msg: str) -> None:
-        where = f"{self.path}:{self.line_of(keypath)}"
-        parts = [where]
-        if stage is not None:
-            parts.append(f"stage '{stage}'")
-        if fld is not None:
-            parts.append(f"field '{fld}'")
-        parts.append(msg)
-        self.items.append((self.line_of(keypath), ": ".join(parts)))
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            raise SpecError("\n".join(m for _, m in sorted(set(self.items))))
-
-
-def _line_index(text: str) -> dict[tuple[Any, ...], int]:
-    """Map key paths to 1-based line numbers; only computed when an error is reported."""
-    import yaml
-
-    index: dict[tuple[Any, ...], int] = {}
-    try:
-        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError:
-        return index
-
-    def walk(node: Any, path: tuple[Any, ...]) -> None:
-        index.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                kp = path + (k.value,)
-                index[kp] = k.start_mark.line + 1
-                walk(v, kp)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, v in enumerate(node.value):
-                walk(v, path + (i,))
-
-    if root is not None:
-        walk(root, ())
-    return index
-
-
-def parse_yaml(text: str, path: str) -> Any:
-    """YAML -> Python: strict (no repeated keys) and bounded (depth, aliases); see engine.pipeline.spec_yaml."""
-    from engine.pipeline.spec_yaml import load_yaml
-
-    return load_yaml(text, path)
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    """A value for an error message, bounded however long it is."""
-    s = repr(value)
-    return s if len(s) <= limit else s[:limit] + "…"
-
-
-def _nul_field(body: Mapping[str, Any]) -> str | None:
-    """The first field holding a NUL anywhere (keys included): no path, command or variable can."""
-    def has(obj: Any) -> bool:
-        if isinstance(obj, str):
-            return "\0" in obj
-        if isinstance(obj, dict):
-            return any(has(k) or has(v) for k, v in obj.items())
-        if isinstance(obj, list):
-            return any(has(v) for v in obj)
-        return False
-
-    return next((str(k) for k, v in body.items() if has(k) or has(v)), None)
-
-
-def _suggest(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f"; did you mean '{close[0]}'?" if close else f"; expected one of {', '.join(choices)}"
-
-
-def _as_str_list(value: Any, probs: _Problems, kp: tuple[Any, ...], stage: str, fld: str) -> list[Any]:
-    if value is None:
-        return []
-    if isinstance(value, (str, int, float)):
-        return [value]
-    if isinstance(value, list):
-        return value
-    probs.add(kp, stage, fld, f"is a {type(value).__name__}; expected a list of paths")
-    return []
-
-
-def _item_name(value: Any, index: int) -> str:
-    if isinstance(value, (str, int, float, bool)) and _NAME.match(str(value)):
-        return str(value)
-    return str(index)
-
-
-def _substitute_item(obj: Any, ctx: Mapping[str, Any], shell: bool = False) -> Any:
-    """Replace ``${item...}``/``${key}`` before config interpolation (they are local). In a ``cmd``
-    (``shell``) values are pasted shell-quoted, ``${raw:${item}}`` unquoted (see engine.pipeline.interpolate)."""
-    if isinstance(obj, str):
-        whole = _ITEM_REF.fullmatch(obj.strip())
-
-        def lookup(m: re.Match[str]) -> Any:
-            val: Any = ctx[m.group(1)]
-            for part in filter(None, m.group(2).split(".")):
-                if isinstance(val, Mapping) and part in val:
-                    val = val[part]
-                else:
-                    raise KeyError(m.group(0))
-            return val
-
-        if shell:
-            obj = _RAW_ITEM_REF.sub(lambda m: shell_words(lookup(m), quote=False) if m.group(1) in ctx
-                                    else m.group(0), obj)
-            return _ITEM_REF.sub(lambda m: shell_words(lookup(m)) if m.group(1) in ctx else m.group(0), obj)
-        if whole and whole.group(1) in ctx:
-            return lookup(whole)
-        return _ITEM_REF.sub(lambda m: str(lookup(m)) if m.group(1) in ctx else m.group(0), obj)
-    if isinstance(obj, list):
-        return [_substitute_item(v, ctx, shell) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _substitute_item(v, ctx, shell) for k, v in obj.items()}
-    return obj
-
-
-def _substitute_body(body: Mapping[str, Any], ctx: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _substitute_item(v, ctx, shell=k == "cmd") for k, v in body.items()}
-
-
-def _expand(raw_stages: Mapping[str, Any], probs: _Problems) -> list[tuple[str, dict[str, Any], tuple[Any, ...]]]:
-    """foreach/matrix expansion -> (name, body, keypath of the definition)."""
-    out: list[tuple[str, dict[str, Any], tuple[Any, ...]]] = []
-    for name, body in raw_stages.items():
-        kp = ("stages", name)
-        if not isinstance(name, str) or not _NAME.match(name):
-            probs.add(kp, str(name), None, "invalid stage name; use letters, digits, '_', '-', '.'")
-            continue
-        if not isinstance(body, dict):
-            probs.add(kp, name, None, f"is a {type(body).__name__}; expected a mapping with 'cmd'")
-            continue
-        if "foreach" in body or "matrix" in body:
-            extra = sorted(set(body) - set(_GENERATOR_KEYS) - (set(STAGE_KEYS) if "matrix" in body else set()))
-            for k in extra:
-                probs.add(kp + (k,), name, k, f"unknown key{_suggest(k, _GENERATOR_KEYS)}")
-            if "foreach" in body:
-                items = body["foreach"]
-                do = body.get("do")
-                if not isinstance(do, dict):
-                    probs.add(kp + ("do",), name, "do", "missing or not a mapping; foreach needs a 'do' body")
-                    continue
-                if isinstance(items, dict):
-                    pairs = []
-                    for k, v in items.items():  # a key becomes part of a stage name (and of paths)
-                        if not _NAME.match(str(k)) or len(str(k)) > 200:
-                            probs.add(kp + ("foreach", k), name, "foreach", f"key {_short(k)} cannot name a stage; "
-                                      "use letters, digits, '_', '-', '.' (not starting with '.' or '-')")
-                            continue
-                        pairs.append((str(k), {"item": v, "key": k}))
-                elif isinstance(items, list):
-                    pairs = [(_item_name(v, i), {"item": v}) for i, v in enumerate(items)]
-                else:
-                    probs.add(kp + ("foreach",), name, "foreach", "expected a list or a mapping")
-                    continue
-                template = do
-            else:
-                matrix = body["matrix"]
-                if not isinstance(matrix, dict) or not all(isinstance(v, list) for v in matrix.values()):
-                    probs.add(kp + ("matrix",), name, "matrix", "expected a mapping of name -> list of values")
-                    continue
-                keys = list(matrix)
-                pairs = []
-                for combo in itertools.product(*(list(enumerate(matrix[k])) for k in keys)):
-                    suffix = "-".join(_item_name(v, i) for i, v in combo)
-                    pairs.append((suffix, {"item": {k: v for k, (_, v) in zip(keys, combo)}}))
-                template = {k: v for k, v in body.items() if k != "matrix"}
-            for suffix, ctx in pairs:
-                try:
-                    out.append((f"{name}@{suffix}", _substitute_body(template, ctx), kp))
-                except KeyError as e:
-                    probs.add(kp, f"{name}@{suffix}", None, f"interpolation {e.args[0]} does not resolve")
-        else:
-            if "do" in body:
-                probs.add(kp + ("do",), name, "do", "'do' without 'foreach'; add foreach or remove do")
-                continue
-            out.append((name, body, kp))
-    return out
 
 
 def _norm_path(p: Any, probs: _Problems, kp: tuple[Any, ...], stage: str, fld: str) -> str | None:
