@@ -1,6 +1,7 @@
 """Set up the reference lifecycle's governance on this machine; safe to run again.
 
-1. export the raw data (scikit-learn's bundled wine data) to data/raw/wine.csv;
+1. export the raw data (the Palmer Penguins table the palmerpenguins package ships, missing values
+   and all) to data/raw/penguins.csv;
 2. create three demo keys in $CERTUS_HOME/keys (default ~/.certus/keys) if they are missing:
    a data steward, an approver (a different person) and a trainer that also signs ledger
    checkpoints and is the workspace's admin (once the ledger exists, trusting or revoking a key
@@ -22,7 +23,8 @@ from engine.cli.main import main
 from engine.provenance.recorder import keys_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RAW = "data/raw/wine.csv"
+RAW = "data/raw/penguins.csv"
+NAME = "penguins-raw"
 KEYS = (("demo-steward", "data-steward"), ("demo-approver", "approver"), ("demo-trainer", "trainer"))
 EXTRA_ROLES = {"trainer": ("ledger", "admin")}
 
@@ -39,7 +41,7 @@ def run() -> None:
 
     raw = os.path.join(ROOT, RAW)
     if not os.path.exists(raw):
-        export("wine", raw)
+        export("penguins", raw)
         print(f"bootstrap: exported {RAW}")
     make_private_dir(keys_dir())
     for name, role in KEYS:
@@ -51,14 +53,15 @@ def run() -> None:
     from engine.datasets.registry import Registry
 
     reg = Registry.load(ROOT)
-    if "wine-raw" not in reg.entries:
-        certus("dataset", "add", RAW, "--name", "wine-raw", "--init", "--key", "demo-steward",
-               "--source", "scikit-learn bundled copy of the UCI Wine Recognition data (Aeberhard & Forina)",
-               "--schema", "conf/schema/wine.yaml", "--sensitivity", "public", "--retention", "3650d",
-               "--license", "CC-BY-4.0", "--owner", "demo-steward")
+    if NAME not in reg.entries:
+        certus("dataset", "add", RAW, "--name", NAME, "--init", "--key", "demo-steward",
+               "--source", "Palmer Penguins raw table (Gorman, Williams & Fraser 2014, Palmer Station LTER) as "
+               "shipped in the palmerpenguins package (data/penguins-raw.csv); NA cells written as empty cells",
+               "--schema", "conf/schema/penguins.yaml", "--sensitivity", "public", "--retention", "3650d",
+               "--license", "CC0-1.0", "--owner", "demo-steward")
         reg = Registry.load(ROOT)
-    if reg.resolve("wine-raw").approval is None:
-        certus("dataset", "approve", "wine-raw", "--key", "demo-approver")
+    if reg.resolve(NAME).approval is None:
+        certus("dataset", "approve", NAME, "--key", "demo-approver")
     print("bootstrap: governance ready; now run 'certus repro'")
 
 

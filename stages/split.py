@@ -1,4 +1,4 @@
-"""Stratified train/test split, seeded from the config."""
+"""Train/test split stratified on the label (the last column), seeded from the config."""
 
 import os
 import sys

@@ -373,18 +373,19 @@ def test_reference_lifecycle_verifies_and_has_lineage(ws: Any, tmp_path: Path, m
 
     assert ws.certus("lineage", "models/model.pkl") == 0
     lines = capsys.readouterr().out.splitlines()
-    for stage, path in (("train", "models/model.pkl"), ("split", "data/split"), ("curate", "data/curated/wine.csv")):
+    for stage, path in (("train", "models/model.pkl"), ("split", "data/split"),
+                        ("curate", "data/curated/penguins.csv")):
         assert any(line.strip().startswith(f"{path}  [") and f"<- stage '{stage}', run {run_id}" in line
                    for line in lines), lines
-    assert any(line.strip().startswith("data/raw/wine.csv  [source sha256:") and "dataset wine-raw@" in line
+    assert any(line.strip().startswith("data/raw/penguins.csv  [source sha256:") and "dataset penguins-raw@" in line
                for line in lines), lines
     assert ws.certus("lineage", "models/model.pkl", "--json") == 0
     graph = json.loads(capsys.readouterr().out)
     edges = {tuple(e) for e in graph["edges"]}
-    chain = ["data/raw/wine.csv", "data/curated/wine.csv", "data/split", "models/model.pkl"]
+    chain = ["data/raw/penguins.csv", "data/curated/penguins.csv", "data/split", "models/model.pkl"]
     assert all((a, b) in edges for a, b in zip(chain, chain[1:]))
-    raw = graph["nodes"]["data/raw/wine.csv"]
-    assert raw["kind"] == "source" and raw["digest"] == "sha256:" + file_sha256(ws.root / "data/raw/wine.csv")
+    raw = graph["nodes"]["data/raw/penguins.csv"]
+    assert raw["kind"] == "source" and raw["digest"] == "sha256:" + file_sha256(ws.root / "data/raw/penguins.csv")
     for path in chain[1:]:
         node = graph["nodes"][path]
         assert node["kind"] == "output" and node["run"] == run_id
