@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -21,7 +21,7 @@ from engine.provenance.dsse import sign_envelope, verify_envelope
 from engine.provenance.signing import PublicKey, PublicKeyInfo
 from engine.provenance.trust import Revocation, TrustEntry, TrustStore
 
-UTC = timezone.utc
+UTC = UTC
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 T1 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 T2 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -21,7 +21,7 @@ import sys
 import textwrap
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,7 @@ def ptype(envelope: bytes) -> str:
 
 
 def stamp(at: datetime, fmt: str = "%Y-%m-%dT%H:%M:%S.%fZ") -> str:
-    return at.astimezone(timezone.utc).strftime(fmt)
+    return at.astimezone(UTC).strftime(fmt)
 
 
 def parse(text: str) -> datetime:
@@ -275,7 +275,7 @@ def forge_trust_change(t: W, forgery: str) -> tuple[int, str, str]:
     Returns its ledger index, the failure verify must give, and the key it lets an attacker run with.
     """
     t.new_key("eve", "trainer", directory="other")
-    attacker, at = str(t.home / "other/eve.key"), datetime.now(timezone.utc)
+    attacker, at = str(t.home / "other/eve.key"), datetime.now(UTC)
     if forgery == "signed-by-trainer":
         t.new_key("bob", "trainer", "trainer")
         key, why = t.signer("bob"), "lacks role 'admin'"
@@ -611,7 +611,7 @@ def forge_dataset(d: W, name: str, path: str, data: str, kind: str, **fields: An
     (d.root / path).write_text(data)
     digest = "sha256:" + sha256(data.encode())
     man = dict(manifest_of(d, "praw")[1], id=digest, name=name, path=path, dvc=None,
-               registered=stamp(datetime.now(timezone.utc), "%Y-%m-%dT%H:%M:%SZ"), **fields)
+               registered=stamp(datetime.now(UTC), "%Y-%m-%dT%H:%M:%SZ"), **fields)
     raw = sign_envelope(MANIFEST_TYPE, cj(man), [d.signer("ci")]).to_json_bytes()
     rel = f".certus/datasets/{name}/{digest[7:19]}.manifest.json"
     (d.root / rel).parent.mkdir(parents=True, exist_ok=True)

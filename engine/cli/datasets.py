@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import posixpath
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from engine.errors import DatasetError
@@ -70,7 +70,7 @@ def cmd_add(args: argparse.Namespace) -> int:
             if e.manifest.id == str(entry.digest):
                 print(f"dataset {e.manifest.ref} (v{e.manifest.version}) already registers these bytes")
                 return 0
-        today = datetime.now(timezone.utc).date()
+        today = datetime.now(UTC).date()
         man = DatasetManifest(
             id=str(entry.digest), name=args.name, version=(existing[-1].manifest.version + 1) if existing else 1,
             path=rel, source=args.source, sensitivity=args.sensitivity,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -35,7 +35,7 @@ def _current(ws: Any, prov: Any, pipeline: str | None) -> tuple[Any, dict[str, A
 
 
 def gate_rows(book: Any, states: dict[str, Any]) -> list[dict[str, Any]]:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rows = []
     for name, st in sorted(states.items()):
         if st is None:

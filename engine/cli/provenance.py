@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from engine.errors import EngineError, KeyError_, LedgerError, VerificationError
@@ -28,7 +28,7 @@ def _when(text: str | None) -> datetime | None:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as e:
         raise EngineError(f"time '{text}': expected ISO 8601, e.g. 2026-01-31T00:00:00Z") from e
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 # -- keys ----------------------------------------------------------------------------------------
@@ -88,7 +88,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     from engine.provenance.recorder import Provenance
 
     prov = Provenance(_ws(args), key=getattr(args, "key_file", None))
-    at = _when(args.at) or datetime.now(timezone.utc)
+    at = _when(args.at) or datetime.now(UTC)
     store = prov.trust().revoke(args.key, at, args.reason)
     index = _change_trust(args, prov, store)
     print(f"trust.json: '{args.key}' revoked as of {at.isoformat()}{index}; it signs nothing valid from here "

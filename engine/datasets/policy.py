@@ -5,7 +5,7 @@ ledger must hold for it, its approval, and the usage policy a consuming stage is
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 from engine.datasets.registry import (
@@ -119,7 +119,7 @@ def approval_problem(entry: Entry, trust: Any, reg: Registry | None = None,
         return "its approval is for a different manifest (re-approve this version)"
     if trust is not None:
         try:
-            at = datetime.strptime(entry.approval["approved_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+            at = datetime.strptime(entry.approval["approved_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
             for sig in entry.approval_envelope.signatures:
                 pub = _key_for(trust, ledger_index, sig.keyid, "approver", at, "approval_sha256",
                                _sha(entry.approval_raw or b""))
@@ -144,7 +144,7 @@ def check_use(reg: Registry, ref: str, stage: str, config: Mapping[str, Any], di
     if trust is not None:
         role = signer_role(man)
         try:
-            at = datetime.strptime(man.registered, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+            at = datetime.strptime(man.registered, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
             for sig in entry.envelope.signatures:
                 pub = _key_for(trust, ledger_index, sig.keyid, role, at, "manifest_sha256", _sha(entry.raw))
                 verify_envelope(entry.envelope, {sig.keyid: pub}, MANIFEST_TYPE)
@@ -160,7 +160,7 @@ def check_use(reg: Registry, ref: str, stage: str, config: Mapping[str, Any], di
     why = approval_problem(entry, trust, reg, ledger_index)
     if why:
         raise DatasetError(f"{where}: {why}")
-    today = today or datetime.now(timezone.utc).date()
+    today = today or datetime.now(UTC).date()
     if date.fromisoformat(man.expires) < today:
         raise DatasetError(f"{where}: retention expired on {man.expires}; the data may no longer be used")
     allowed = allowed_sensitivity(config, stage)

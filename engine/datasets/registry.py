@@ -22,7 +22,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from engine.core.canonical import canonical_bytes
@@ -228,7 +228,7 @@ def _sha(data: bytes) -> str:
 
 
 def now_rfc3339() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def manifest_path(manifest: DatasetManifest) -> str:
@@ -293,9 +293,9 @@ def register_derived(reg: Registry, *, name: str, path: str, digest: str, stage:
                                                  default="internal")
     expires = min((p.manifest.expires for p in parents), default=None)
     if spec_entry.get("retention"):
-        expires = parse_retention(str(spec_entry["retention"]), datetime.now(timezone.utc).date()).isoformat()
+        expires = parse_retention(str(spec_entry["retention"]), datetime.now(UTC).date()).isoformat()
     if expires is None:
-        expires = parse_retention("3650d", datetime.now(timezone.utc).date()).isoformat()
+        expires = parse_retention("3650d", datetime.now(UTC).date()).isoformat()
     licenses = sorted({p.manifest.license for p in parents})
     man = DatasetManifest(
         id=digest, name=name, version=(existing[-1].manifest.version + 1) if existing else 1, path=path,

@@ -1,6 +1,6 @@
 """Dataset schemas: columns, types, nullability, allowed values and ranges, unique keys.
 
-A schema is a small YAML file (committed, e.g. ``conf/schema/wine.yaml``)::
+A schema is a small YAML file (committed, e.g. ``conf/schema/penguins.yaml``)::
 
     format: csv            # csv | parquet (default: from the file extension)
     columns:

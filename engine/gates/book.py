@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from engine.errors import EngineError, SignatureError
@@ -27,7 +27,7 @@ _MARKERS = (PAYLOAD_TYPE.encode(), WAIVER_TYPE.encode())
 
 def parse_time(text: str) -> datetime:
     dt = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 @dataclass

@@ -15,7 +15,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TextIO
 
@@ -212,7 +212,7 @@ class GateRunner:
         if state is None:
             return f"{head}, which was not evaluated (stage '{g.after}' has no result); run it first"
         if state.record is not None:
-            ok, why = self.book.standing(state.record, datetime.now(timezone.utc))
+            ok, why = self.book.standing(state.record, datetime.now(UTC))
             return None if ok else f"{head}: {why}"
         if state.result == "PASSED":
             return None

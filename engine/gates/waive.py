@@ -8,7 +8,7 @@ a gate that passed.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from engine.errors import LedgerError
@@ -48,7 +48,7 @@ def waive(prov: Any, *, run: str, gate: str, metric: str, reason: str, expires: 
         until = parse_expiry(expires)
     except ValueError:
         raise WaiverRefused(f"refused: --expires {expires!r} is not a date (YYYY-MM-DD) or an RFC 3339 time") from None
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if until <= now:
         raise WaiverRefused(f"refused: expiry {expires} is in the past")
     book = GateBook.load(prov)

@@ -130,7 +130,7 @@ class Cosignature:
     @property
     def time(self) -> dt.datetime:
         """The timestamp as an aware UTC datetime."""
-        return dt.datetime.fromtimestamp(self.timestamp, dt.timezone.utc)
+        return dt.datetime.fromtimestamp(self.timestamp, dt.UTC)
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready: name, hex key ID, POSIX time and its RFC 3339 form."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from engine.core.canonical import canonical_bytes
@@ -127,13 +127,13 @@ def waiver_payload(*, time: str, run_id: str, gate: str, rule: Mapping[str, Any]
 
 def parse_expiry(text: str) -> datetime:
     """``2027-01-31`` (the end of that day, UTC) or an RFC 3339 time."""
-    from datetime import timedelta, timezone
+    from datetime import timedelta
 
     if len(text) == 10:
-        day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=timezone.utc)
+        day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
         return day + timedelta(days=1) - timedelta(microseconds=1)
     dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def waiver_problem(waiver: Mapping[str, Any], result_sha256: str, detail: Mapping[str, Any], at: datetime,

@@ -26,7 +26,7 @@ import bisect
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from engine.core.canonical import canonical_bytes
@@ -218,7 +218,6 @@ def _json(obj: Any) -> str:
 
 
 def _fmt(value: datetime) -> str:
-    from datetime import timezone
 
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from engine.errors import LedgerError, SignatureError
@@ -163,7 +163,7 @@ def trusted_cosignatures(note: Note, trust: TrustStore, *, now: datetime | None 
     A witness key's line that fails, is timestamped in the future, or was made while the key was
     not valid (revoked, outside its window) rejects the note; unknown cosigners are ignored.
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     cosigners = witness_cosigners(trust)
     cosigs = verify_cosignatures(note, [c for c, _ in cosigners.values()], not_after=int(now.timestamp()) + 60)
     for cs in cosigs:
@@ -191,7 +191,7 @@ def compare_note(note_text: str | bytes, ours: Checkpoint, leaves: Callable[[], 
     note = Note.from_text(note_text)
     theirs = Checkpoint.from_body(note.text)
     try:
-        signers = _signer_names(note, ledger_verifiers(trust, theirs.origin, at=now or datetime.now(timezone.utc)))
+        signers = _signer_names(note, ledger_verifiers(trust, theirs.origin, at=now or datetime.now(UTC)))
     except UnverifiedNoteError as e:
         try:  # say so when the signer is a ledger key, just not a valid one now
             stale = _signer_names(note, ledger_verifiers(trust, theirs.origin))
