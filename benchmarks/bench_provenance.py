@@ -28,6 +28,7 @@ from engine.adapters.keys import generate_key, save_key  # noqa: E402
 from engine.core.canonical import canonical_bytes  # noqa: E402
 from engine.pipeline.spec import StageSpec  # noqa: E402
 from engine.provenance.dsse import sign_envelope  # noqa: E402
+from engine.provenance.gate_records import gate_statement  # noqa: E402
 from engine.provenance.recorder import NoteSignerAdapter, Provenance  # noqa: E402
 from engine.provenance.records import RUN_TYPE, RunRecord, attestation_root  # noqa: E402
 from engine.provenance.statement import PAYLOAD_TYPE, rfc3339, stage_statement  # noqa: E402
@@ -90,7 +91,7 @@ def bench_record(n: int) -> None:
               f"{time.perf_counter() - t0:.2f} s  ok={report.ok}")
 
 
-def bench_verify(runs: int, batch_size: int = 1, keep: str | None = None) -> None:
+def bench_verify(runs: int, batch_size: int = 1, keep: str | None = None, gates: bool = False) -> None:
     from engine.provenance.ledger import Ledger
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -138,6 +139,14 @@ def bench_verify(runs: int, batch_size: int = 1, keep: str | None = None) -> Non
             data = sign_envelope(RUN_TYPE, canonical_bytes(rec.to_dict()), [key]).to_json_bytes()
             previous = hashlib.sha256(data).hexdigest()
             batch.append(data)
+            if gates:  # a release gate result after each run record, as a gated pipeline appends one
+                model = f"{r:064x}"
+                stmt = gate_statement(gate="release", policy_name="release", policy={"accuracy": {"min": 0.9}},
+                                      subjects={"model.pkl": {"sha256": model}},
+                                      detail={"metrics": [{"name": "accuracy", "outcome": "pass", "value": 0.97}],
+                                              "run_id": run_id, "key": "sha256:" + model, "time": rfc3339(t_start),
+                                              "metric_files": {"model.pkl": "sha256:" + model}})
+                batch.append(sign_envelope(PAYLOAD_TYPE, canonical_bytes(stmt), [key]).to_json_bytes())
             if len(batch) >= batch_size:
                 ledger.append_many(batch, NoteSignerAdapter(prov.signer("ledger"), name=origin))
                 batch = []
@@ -199,13 +208,14 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=10000)
     ap.add_argument("--keep", metavar="DIR", help="build the verify ledger in DIR and reuse it when already there")
     ap.add_argument("--skip-record", action="store_true", help="only the verify benchmark")
+    ap.add_argument("--gates", action="store_true", help="each run also appends a signed gate result (issue 11)")
     ap.add_argument("--batch", type=int, default=1,
                     help="records per ledger append; 1 (default) = one signed checkpoint per run, as real runs do")
     a = ap.parse_args()
     if not a.skip_record:
         print(machine_speed())
         bench_record(a.stages)
-    bench_verify(a.runs, a.batch, a.keep)
+    bench_verify(a.runs, a.batch, a.keep, a.gates)
 
 
 if __name__ == "__main__":
