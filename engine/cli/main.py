@@ -279,6 +279,9 @@ def _parser() -> argparse.ArgumentParser:
     from engine.cli.provenance import register as register_provenance
 
     register_provenance(sub, add)
+    from engine.cli.release import register as register_release
+
+    register_release(sub, add)
     return p
 
 
