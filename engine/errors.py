@@ -126,3 +126,18 @@ class KeyFileExistsError(KeyError_):
 
 class KeyFilePermissionError(KeyError_):
     """A private key file is readable or writable by group or others."""
+
+
+# --- model bundles (engine.release) ----------------------------------------------------------
+
+
+class ReleaseError(EngineError):
+    """A model bundle cannot be built: bad inputs, an existing bundle, a key that may not release."""
+
+
+class BundleFormatError(ReleaseError):
+    """A bundle's signature file is not a well-formed OMS v1.0 Sigstore bundle."""
+
+
+class BundleVerificationError(ReleaseError):
+    """``certus bundle verify`` found problems; the message names the first, each names a file."""

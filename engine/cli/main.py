@@ -282,6 +282,9 @@ def _parser() -> argparse.ArgumentParser:
     from engine.cli.gates import register as register_gates
 
     register_gates(sub, add)
+    from engine.cli.release import register as register_release
+
+    register_release(sub, add)
     return p
 
 

@@ -37,13 +37,21 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
     from engine.adapters.keys import generate_key, make_private_dir, save_key
     from engine.provenance.recorder import keys_dir
 
-    key = generate_key(args.name, args.role)
     directory = args.dir or keys_dir()
     make_private_dir(directory)
-    priv, pub = save_key(key, directory, unencrypted=args.unencrypted)
-    print(f"generated {args.role} key '{args.name}' (keyid {key.keyid})")
-    print(f"  private: {priv}  ({'UNENCRYPTED' if args.unencrypted else 'encrypted, Argon2id + SecretBox'})")
-    print(f"  public:  {pub}")
+    if args.type == "ecdsa-p256":
+        from engine.adapters.release_keys import generate_ecdsa_key, save_ecdsa_key
+
+        key = generate_ecdsa_key(args.name, args.role)
+        priv, pub, pem = save_ecdsa_key(key, directory, unencrypted=args.unencrypted)
+        sealing = "PKCS#8 PEM, PBES2 AES-256"
+    else:
+        key = generate_key(args.name, args.role)
+        priv, pub = save_key(key, directory, unencrypted=args.unencrypted)
+        pem, sealing = None, "Argon2id + SecretBox"
+    print(f"generated {args.type} {args.role} key '{args.name}' (keyid {key.keyid})")
+    print(f"  private: {priv}  ({'UNENCRYPTED' if args.unencrypted else 'encrypted, ' + sealing})")
+    print(f"  public:  {pub}" + (f"  (PEM: {pem})" if pem else ""))
     print(f"trust it in a workspace with: certus keys trust {pub} --role {args.role}")
     return 0
 
@@ -269,8 +277,8 @@ def cmd_ledger_proof(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any, add: Any) -> None:
-    k = sub.add_parser("keys", help="Ed25519 signing keys and the workspace trust file",
-                       description="Ed25519 signing keys and the workspace trust file")
+    k = sub.add_parser("keys", help="signing keys and the workspace trust file",
+                       description="signing keys (Ed25519; ECDSA P-256 for releasers) and the workspace trust file")
     ks = k.add_subparsers(dest="keys_command", metavar="ACTION")
     ks.required = True
     g = ks.add_parser("generate", help="create a key pair (private part encrypted with CERTUS_KEY_PASSPHRASE)")
@@ -278,6 +286,8 @@ def register(sub: Any, add: Any) -> None:
     g.add_argument("--role", required=True, choices=ROLES)
     g.add_argument("--dir", help="where to write NAME.key/NAME.pub (default: $CERTUS_HOME/keys)")
     g.add_argument("--unencrypted", action="store_true", help="store the private key unencrypted (CI keys only)")
+    g.add_argument("--type", choices=("ed25519", "ecdsa-p256"), default="ed25519",
+                   help="key type: ed25519 (default), or ecdsa-p256 for releaser keys (OMS model bundles)")
     g.set_defaults(func=cmd_keys_generate)
     t = ks.add_parser("trust", help="add a public key with roles to trust.json")
     t.add_argument("pubfile")

@@ -4,7 +4,7 @@
 key, revoking one) is reviewed and dated by the repository's history. The model follows TUF's
 root metadata (https://theupdateframework.github.io/specification/latest/, "root.json": keys
 and the roles they may sign for) without thresholds or self-signing: the file is trusted
-because it is committed. Keys are Ed25519 (RFC 8032); keyids are the hex SHA-256 of the raw
+because it is committed. Keys are Ed25519 (RFC 8032) unless typed (below); keyids are the hex SHA-256 of the raw
 public key (:class:`engine.provenance.signing.PublicKey`). Roles are :data:`engine.provenance.signing.ROLES`.
 
 Format (pretty JSON, sorted keys, keys sorted by name, a final newline)::
@@ -14,7 +14,13 @@ Format (pretty JSON, sorted keys, keys sorted by name, a final newline)::
                "not_before": "2025-01-01T00:00:00Z",   # optional
                "not_after": "2026-01-01T00:00:00Z",    # optional
                "revoked_at": "2025-06-01T12:00:00Z",   # optional, with revoked_reason
-               "revoked_reason": "laptop lost"}]}
+               "revoked_reason": "laptop lost",
+               "type": "ecdsa-p256"}]}                 # optional; absent means Ed25519
+
+An Ed25519 entry has no ``type`` field (entries written before key types existed stay
+byte-identical); an ``ecdsa-p256`` entry (a ``releaser`` key for OMS model bundles,
+:data:`engine.provenance.signing.ECDSA_ROLES`) stores its DER SubjectPublicKeyInfo in ``public_key``
+and the SHA-256 of its PEM text as ``keyid``.
 
 Times are ISO 8601 in UTC with a ``Z`` suffix. The window is inclusive: a key is usable for
 signatures made at ``not_before <= t <= not_after``.
@@ -45,7 +51,7 @@ from engine.errors import (
     UnknownKeyError,
 )
 from engine.provenance.dsse import _no_duplicate_keys
-from engine.provenance.signing import ROLES, PublicKey, PublicKeyInfo, check_key_name
+from engine.provenance.signing import ECDSA_P256, ECDSA_ROLES, ED25519, ROLES, PublicKey, PublicKeyInfo, check_key_name
 
 __all__ = ["FORMAT_VERSION", "ROLES", "TRUST_FILE", "Revocation", "TrustEntry", "TrustStore"]
 
@@ -54,7 +60,7 @@ FORMAT_VERSION = 1
 
 _TOP_FIELDS = frozenset({"keys", "version"})
 _REQUIRED = frozenset({"keyid", "name", "public_key", "roles"})
-_OPTIONAL = frozenset({"not_before", "not_after", "revoked_at", "revoked_reason"})
+_OPTIONAL = frozenset({"not_before", "not_after", "revoked_at", "revoked_reason", "type"})
 _TIME = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,6}))?Z$")
 
 
@@ -99,6 +105,13 @@ class TrustEntry:
         if not roles:
             raise TrustFileError(f"key '{self.name}': no roles; expected at least one of {', '.join(ROLES)}")
         object.__setattr__(self, "roles", tuple(sorted(set(roles))))
+        if self.public_key.algorithm != ED25519:
+            extra = sorted(set(self.roles) - set(ECDSA_ROLES))
+            if extra:
+                raise TrustFileError(
+                    f"key '{self.name}': an {self.public_key.algorithm} key may hold only "
+                    f"{', '.join(ECDSA_ROLES)}, not {', '.join(extra)}"
+                )
         for field in ("not_before", "not_after"):
             value = getattr(self, field)
             if value is not None:
@@ -129,6 +142,8 @@ class TrustEntry:
             "public_key": self.public_key.to_b64(),
             "roles": list(self.roles),
         }
+        if self.public_key.algorithm != ED25519:
+            out["type"] = self.public_key.algorithm
         if self.not_before is not None:
             out["not_before"] = _fmt(self.not_before)
         if self.not_after is not None:
@@ -155,13 +170,17 @@ class TrustEntry:
         roles = data["roles"]
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise TrustFileError(f"{where}: field 'roles': expected a list of strings")
+        key_type = data.get("type", ED25519)
+        if "type" in data and key_type != ECDSA_P256:
+            raise TrustFileError(f"{where}: field 'type': {key_type!r}; expected {ECDSA_P256} "
+                                 "(omit it for Ed25519)")
         try:
-            public_key = PublicKey.from_record(data["public_key"], data["keyid"])
+            public_key = PublicKey.from_record(data["public_key"], data["keyid"], key_type)
         except ValueError as e:
             raise TrustFileError(f"{where}: {e}") from e
         if ("revoked_at" in data) != ("revoked_reason" in data):
             raise TrustFileError(f"{where}: revoked_at and revoked_reason go together")
-        times = {f: _parse_time(data[f], f"{where}: field '{f}'") for f in _OPTIONAL - {"revoked_reason"}
+        times = {f: _parse_time(data[f], f"{where}: field '{f}'") for f in _OPTIONAL - {"revoked_reason", "type"}
                  if f in data}
         try:
             revoked = (
