@@ -296,3 +296,41 @@ def test_spec_errors_are_one_line(g: G, ws: Workspace) -> None:
     ws.write("pipelines/p.yaml", PIPE)
     ws.write("conf/policy/default.yaml", "release:\n  accuracy: {min: 0.9, max: 1}\n")
     assert "policy.release.accuracy: give exactly one comparator" in g.fails("repro")
+
+
+# -- packaging is gated (issue 12 item 2): the model card cites the signed gate result and any waiver ----------------
+
+
+def _releaser(g: G) -> None:
+    g.ok("keys", "generate", "--name", "rel", "--role", "releaser", "--type", "ecdsa-p256")
+    g.ok("keys", "trust", str(g.home / "keys/rel.pub"), "--role", "releaser")
+
+
+def test_packaging_needs_a_gate_that_passed_or_is_waived(g: G) -> None:
+    _releaser(g)
+    g.fails("repro", "policy.release.accuracy.min=0.99")  # needs review: the gated stage did not run
+    run = g.last_run()
+    text = g.fails("package", "out/model.txt", "--name", "m", "--version", "1.0.0", "--key", "rel", "--run", run,
+                   "--out", "dist")
+    assert f"run {run}: not packaged: gate 'release' needs review: metric 'accuracy'" in text
+    assert not (g.ws.root / "dist/m-1.0.0").exists()
+    g.ok("waive", run, "--gate", "release", "--metric", "accuracy", "--reason", "small test set; accepted",
+         "--expires", "2099-01-31", "--key", "bob")
+    g.ok("package", "out/model.txt", "--name", "m", "--version", "1.0.0", "--key", "rel", "--run", run,
+         "--out", "dist")
+    card = json.loads((g.ws.root / "dist/m-1.0.0/model_card.json").read_text())
+    gates = card["gates"]
+    assert gates["status"] == "waived" and [r["gate"] for r in gates["results"]] == ["release"]
+    assert gates["results"][0]["result"] == "WARNED" and len(gates["results"][0]["sha256"]) == 64
+    [w] = gates["waivers"]
+    assert w["metric"] == "accuracy" and w["approver"] and len(w["sha256"]) == 64
+    assert "waiver for `accuracy`" in (g.ws.root / "dist/m-1.0.0/MODEL_CARD.md").read_text()
+    g.ok("bundle", "verify", "dist/m-1.0.0")
+
+
+def test_packaging_refuses_a_failed_gate(g: G) -> None:
+    _releaser(g)
+    g.fails("repro", "policy.release.accuracy.min=0.99", "policy.release.accuracy.hard_limit=0.98")
+    run = g.last_run()
+    text = g.fails("package", "out/model.txt", "--name", "m", "--version", "1.0.0", "--key", "rel", "--run", run)
+    assert "not packaged: gate 'release' failed: metric 'accuracy'" in text and "no waiver is accepted" in text

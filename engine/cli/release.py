@@ -59,6 +59,42 @@ def _training(args: argparse.Namespace) -> dict[str, Any] | None:
                        attestations=statements)
 
 
+def _gates(args: argparse.Namespace, training: dict[str, Any] | None) -> tuple[dict[str, Any], ...]:
+    """The run's gate results, each passed or validly waived; packaging is refused otherwise.
+
+    Packaging is gated: a model from a run whose gate failed, or needs review with no valid
+    waiver, is not released. Each result and waiver is cited by the digest of its signed record.
+    """
+    if not training or not training.get("run_id"):
+        return ()
+    from datetime import datetime
+
+    from engine.gates.book import GateBook
+    from engine.provenance.recorder import Provenance
+    from engine.store.workspace import Workspace
+
+    run_id = str(training["run_id"])
+    book = GateBook.load(Provenance(Workspace.discover(args.directory or ".")))
+    latest: dict[str, Any] = {}
+    for rec in book.for_run(run_id):
+        latest[str(rec.detail.get("gate"))] = rec  # the newest result of each gate
+    out = []
+    now = datetime.now(UTC)
+    for gate, rec in sorted(latest.items()):
+        ok, why = book.standing(rec, now)
+        if not ok:
+            raise ReleaseError(f"run {run_id}: not packaged: {why}")
+        covered, _ = book.coverage(rec, now)
+        out.append({"gate": gate, "result": rec.result, "sha256": rec.sha256, "ledger_index": rec.index,
+                    "metrics": [{k: m.get(k) for k in ("name", "metric", "value", "comparator", "threshold",
+                                                       "hard_limit", "outcome")}
+                                for m in rec.detail.get("metrics", [])],
+                    "waivers": [{"metric": name, "sha256": w.sha256, "ledger_index": w.index,
+                                 "approver": w.payload.get("approver"), "reason": w.payload.get("reason"),
+                                 "expires": w.payload.get("expires")} for name, w in sorted(covered.items())]})
+    return tuple(out)
+
+
 def _metrics(paths: list[str]) -> dict[str, Any]:
     out = {}
     for p in paths or []:
@@ -89,9 +125,10 @@ def cmd_package(args: argparse.Namespace) -> int:
 
     signer = _signer(args.key)
     _check_releaser(args, signer)
+    training = _training(args)
     req = PackageRequest(model=args.model, name=args.name, version=args.version, out=args.out,
                          license=args.license, serving=args.serving, intended_use=args.intended_use,
-                         metrics=_metrics(args.metrics), training=_training(args))
+                         metrics=_metrics(args.metrics), training=training, gates=_gates(args, training))
     built = build_bundle(req, signer)
     print(f"packaged {built.path} ({len(built.resources)} files, root sha256 {built.root_digest}); "
           f"signed by releaser '{signer.name}' ({signer.keyid[:16]}…)")

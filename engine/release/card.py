@@ -24,12 +24,20 @@ __all__ = ["CARD_SCHEMA", "build_card", "gate_section", "render_markdown", "run_
 CARD_SCHEMA = "https://certus.dev/model-card/v1"
 
 
-def gate_section(run: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The gates the release passed. TODO(issue 11, gates engineer): fill from the gate result and any
-    waiver in the ledger — per metric its threshold, value and outcome; waivers with approver, reason
-    and expiry; each by the digest of its signed record — and refuse packaging when the gate failed."""
-    return {"status": "not-evaluated", "results": [], "waivers": [],
-            "note": "release gates (issue 11) are not linked yet; nothing here claims a gate passed"}
+def gate_section(run: Mapping[str, Any] | None, gates: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """The gates the release passed, as the ledger records them: per gate its result, the digest and
+    ledger index of the signed result, per metric value, comparator, threshold, hard limit and outcome,
+    and each waiver that covers a metric (approver, reason, expiry, digest). ``gates`` comes from the
+    packaging command, which refuses a run whose gates do not stand."""
+    if not run or not run.get("run_id"):
+        return {"status": "ungated", "results": [], "waivers": [],
+                "note": "packaged without a training run (--run): no gate is claimed for this model"}
+    if not gates:
+        return {"status": "no-gates", "results": [], "waivers": [],
+                "note": "the training run's pipeline declares no evaluation gate"}
+    waivers = [w for g in gates for w in g.get("waivers", [])]
+    return {"status": "passed" if all(g.get("result") == "PASSED" for g in gates) else "waived",
+            "results": [{k: v for k, v in g.items() if k != "waivers"} for g in gates], "waivers": waivers}
 
 
 def run_section(record: Mapping[str, Any], *, ledger_index: int | None, record_sha256: str | None,
@@ -67,7 +75,8 @@ def run_section(record: Mapping[str, Any], *, ledger_index: int | None, record_s
 
 def build_card(*, name: str, version: str, released_at: str, releaser: Mapping[str, str],
                model_files: Sequence[Mapping[str, Any]], license_name: str, intended_use: str | None,
-               metrics: Mapping[str, Any], training: Mapping[str, Any] | None) -> dict[str, Any]:
+               metrics: Mapping[str, Any], training: Mapping[str, Any] | None,
+               gates: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """The ``model_card.json`` object (rendered with sorted keys)."""
     return {
         "schema": CARD_SCHEMA,
@@ -82,7 +91,7 @@ def build_card(*, name: str, version: str, released_at: str, releaser: Mapping[s
         "training": dict(training) if training else {"run_id": None, "note": "packaged without a run (--run)"},
         "datasets": list((training or {}).get("datasets", [])),
         "environment": dict((training or {}).get("environment", {})),
-        "gates": gate_section(training),
+        "gates": gate_section(training, gates),
     }
 
 
@@ -121,4 +130,13 @@ def render_markdown(card: Mapping[str, Any]) -> str:
     lines += [f"- {k}: {v}" for k, v in sorted(card["environment"].items())] or ["Not recorded."]
     gates = card["gates"]
     lines += ["", "## Gates", "", f"Status: {gates['status']}. {gates.get('note', '')}".rstrip(), ""]
-    return "\n".join(lines)
+    for g in gates.get("results", []):
+        lines.append(f"- gate `{g['gate']}`: {g['result']} (signed result sha256 `{g['sha256']}`, ledger entry "
+                     f"{g['ledger_index']})")
+        lines += [f"  - {m['name']}: {m.get('value')} ({m.get('comparator')} {m.get('threshold')}"
+                  f"{', hard limit ' + str(m['hard_limit']) if m.get('hard_limit') is not None else ''}): "
+                  f"{m.get('outcome')}" for m in g.get("metrics", [])]
+    for w in gates.get("waivers", []):
+        lines.append(f"- waiver for `{w['metric']}` by {w.get('approver')} until {w.get('expires')}: {w.get('reason')} "
+                     f"(sha256 `{w['sha256']}`, ledger entry {w['ledger_index']})")
+    return "\n".join(lines) + "\n"
