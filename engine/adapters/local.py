@@ -101,7 +101,7 @@ class LocalExecutor:
             # the shell is gone: end its group and every descendant that left it (setsid daemons)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            kill_tagged(box.token)
+            kill_tagged(box.token, pgid=proc.pid)
             reader.join(timeout=10)
             with contextlib.suppress(ValueError, OSError):
                 log.flush()

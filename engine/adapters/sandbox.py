@@ -109,9 +109,41 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def kill_tagged(token: str, *, everywhere: bool = False) -> list[int]:
+def _settle_group(pgid: int, deadline: float = 1.0) -> None:
+    """Kill and reap the stage's own process group among this subreaper's children, so that any
+    process they started (a ``setsid`` daemon) has been re-parented here before it is looked for."""
+    import time
+
+    me, end = os.getpid(), time.monotonic() + deadline
+    while time.monotonic() < end:
+        left = False
+        for pid in _children(me):
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) != pgid:
+                continue
+            left = True
+            if fields[0] == b"Z":
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(pid, 0)
+            else:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        if not left:
+            return
+        time.sleep(0.001)
+
+
+def kill_tagged(token: str, *, everywhere: bool = False, pgid: int | None = None) -> list[int]:
     """SIGKILL and reap every process carrying ``token``: children of this (subreaper) process,
-    or with ``everywhere`` any process this user can see. Returns the pids killed."""
+    or with ``everywhere`` any process this user can see. Returns the pids killed. With ``pgid``
+    (the stage's group, already sent SIGKILL) its members are reaped first: a daemon whose
+    parent is still dying is not yet a child here and would be missed."""
+    if pgid is not None:
+        _settle_group(pgid)
     tag = f"{TOKEN_VAR}={token}".encode()
     me, killed = os.getpid(), []
     for _ in range(64):
