@@ -22,9 +22,9 @@ stage's outputs are pre-created as empty placeholders of the kind the previous r
 file on disk) had: a file output may be written in place but no other entry created next to
 it. An output of unknown kind (a first run) gets create rights in its parent directory, and
 that directory's subtree is listed before and after the run: any new, replaced or removed
-undeclared entry fails the stage, naming the path (a file rewritten in place is left to ``status``). An unknown output directly in the
-workspace root is taken to be a file (create rights there would reach ``.git`` and
-``.certus``). The rules are applied by a short-lived thread right before it forks the stage
+undeclared entry fails the stage, naming the path (a file rewritten in place is left to
+``status``). An unknown output directly in the workspace root is taken to be a file (create
+rights there would reach ``.git`` and ``.certus``). The rules are applied by a short-lived thread right before it forks the stage
 (Landlock and ``no_new_privs`` are per thread): the coordinator stays unconfined, and no
 Python runs between fork and exec (``preexec_fn`` is unsafe with threads).
 
@@ -226,6 +226,18 @@ def denied_paths(log_path: str, limit: int = 3) -> list[str]:
     return found[:limit]
 
 
+def _under_any(path: str, roots: set[str]) -> bool:
+    """Whether ``path`` is one of ``roots`` or inside one (by walking up its parents)."""
+    p = path
+    while True:
+        if p in roots:
+            return True
+        parent = os.path.dirname(p)
+        if parent == p:
+            return False
+        p = parent
+
+
 def _empty(path: str) -> None:
     """Remove everything inside ``path`` (a stage's temp dir), leaving the directory."""
     with contextlib.suppress(OSError), os.scandir(path) as it:
@@ -283,9 +295,9 @@ class StageBox:
         for root, before in self.scans.items():
             after = _snapshot(root, skip)
             for p in set(before) | set(after):
-                if any(_inside(p, s) for s in skip):
-                    continue
                 b, a = before.get(p), after.get(p)
+                if b == a or _under_any(p, skip):  # the skip test walks p's parents: O(depth), not O(outputs)
+                    continue
                 if b != a and not (b and a and b[3] and a[3] and b[0] == a[0]):  # a dir's mtime moves with entries
                     bad.add(p)
         return sorted(bad)
