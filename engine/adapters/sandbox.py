@@ -24,9 +24,10 @@ it. An output of unknown kind (a first run) gets create rights in its parent dir
 that directory's subtree is listed before and after the run: any new, replaced or removed
 undeclared entry fails the stage, naming the path (a file rewritten in place is left to
 ``status``). An unknown output directly in the workspace root is taken to be a file (create
-rights there would reach ``.git`` and ``.certus``). The rules are applied by a short-lived thread right before it forks the stage
-(Landlock and ``no_new_privs`` are per thread): the coordinator stays unconfined, and no
-Python runs between fork and exec (``preexec_fn`` is unsafe with threads).
+rights there would reach ``.git`` and ``.certus``). The rules are applied by a short-lived
+thread right before it forks the stage (Landlock and ``no_new_privs`` are per thread): the
+coordinator stays unconfined, and no Python runs between fork and exec (``preexec_fn`` is
+unsafe with threads).
 
 Processes — chosen over cgroups v2, which unprivileged users usually cannot write: the
 coordinator is a child subreaper (``PR_SET_CHILD_SUBREAPER``) while stages run, and every
