@@ -58,3 +58,18 @@ def test_a_key_can_revoke_itself_and_signs_nothing_after(rotated: Any, capsys: p
     rotated.proc("repro", "p=3")  # (CERTUS_KEY is not set: the first usable trainer key, bob, signs)
     as_alice = rotated.proc("repro", "p=4", env={**os.environ, "CERTUS_KEY": "alice"})
     assert as_alice.returncode != 0 and "revoked" in as_alice.stderr
+
+
+def test_an_edited_ledger_index_is_ignored_and_rebuilt(rotated: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """The index repro consults is a sealed cache: a forged one (claiming another trust state) is not believed."""
+    index = rotated.root / ".certus/tmp/ledger-index.json"
+    blob = index.read_bytes()
+    forged = blob.replace(b'"trust_sha256":"', b'"trust_sha256":"0', 1)
+    assert forged != blob
+    index.write_bytes(forged)
+    capsys.readouterr()
+    assert rotated.certus("repro", "p=5") == 0
+    err = capsys.readouterr().err
+    assert "ledger-index.json: failed its integrity check" in err
+    assert index.read_bytes() != forged  # rebuilt from the ledger and sealed again
+    assert rotated.certus("verify") == 0

@@ -9,11 +9,13 @@ up by decoding only the entries appended since, and rebuilt from scratch when th
 longer extends what it saw.
 
 It is a cache, never evidence: ``certus verify`` does not read it, and everything it answers is
-re-checked there from the ledger itself.
+re-checked there from the ledger itself. Like the parse caches it is sealed with this user's local key
+(:mod:`engine.store.localseal`), so an edited index is ignored and rebuilt rather than believed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -27,6 +29,7 @@ from engine.provenance.records import EVENT_TYPE, RUN_TYPE
 from engine.provenance.statement import subject_digests
 from engine.provenance.trust_log import TRUST_TYPE
 from engine.store.fsutil import atomic_write
+from engine.store.localseal import seal, unseal
 
 __all__ = ["LedgerIndex", "INDEX_PATH"]
 
@@ -175,7 +178,8 @@ class LedgerIndex:
         idx = None
         try:
             with open(path, "rb") as f:
-                idx = cls.from_bytes(f.read())
+                data = unseal("ledger-index", ledger.origin, f.read(), where=INDEX_PATH)
+            idx = cls.from_bytes(data) if data is not None else None
         except OSError:
             pass
         cp = ledger.checkpoint()
@@ -188,10 +192,10 @@ class LedgerIndex:
         for i, raw in enumerate(ledger.entries(start), start):
             idx._add(i, raw, prov_dir)
         idx.size, idx.root = ledger.size, root_now
-        try:
-            atomic_write(path, idx.to_bytes(), sync=False)
-        except OSError:
-            pass  # a cache that cannot be saved is rebuilt next time
+        blob = seal("ledger-index", ledger.origin, idx.to_bytes())  # tamper-evident, like the parse caches
+        if blob is not None:
+            with contextlib.suppress(OSError):  # a cache that cannot be saved is rebuilt next time
+                atomic_write(path, blob, sync=False)
         return idx
 
 
