@@ -121,20 +121,25 @@ def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
+def _split_vkey(vkey: str) -> tuple[str, str, bytes]:
+    """``<name>+<hex8 key ID>+<base64 key>`` split, the ID's form and the base64 checked (the rest is the caller's)."""
+    name, _, rest = vkey.partition("+")
+    hash_hex, _, key_b64 = rest.partition("+")
+    if not re.fullmatch(r"[0-9a-f]{8}", hash_hex):
+        raise NoteError(f"verifier key {vkey!r}: key ID must be 8 lowercase hex digits")
+    try:
+        return name, hash_hex, _b64decode(key_b64)
+    except ValueError as e:
+        raise NoteError(f"verifier key {vkey!r}: key: {e}") from e
+
+
 def parse_vkey(vkey: str) -> tuple[str, int, bytes]:
     """Split any ``<name>+<hex8 key ID>+<base64(type || key)>`` into (name, type, key), checking the ID.
 
     Generic over the signature type byte, so other key kinds (tlog cosigners, type 0x04) reuse it.
     """
-    name, _, rest = vkey.partition("+")
-    hash_hex, _, key_b64 = rest.partition("+")
+    name, hash_hex, key = _split_vkey(vkey)
     _check_name(name, f"verifier key {vkey!r}: name")
-    if not re.fullmatch(r"[0-9a-f]{8}", hash_hex):
-        raise NoteError(f"verifier key {vkey!r}: key ID must be 8 lowercase hex digits")
-    try:
-        key = _b64decode(key_b64)
-    except ValueError as e:
-        raise NoteError(f"verifier key {vkey!r}: key: {e}") from e
     if len(key) < 2:
         raise NoteError(f"verifier key {vkey!r}: expected a type byte followed by a key")
     if key_id(name, key[1:], key[0]).hex() != hash_hex:
@@ -163,14 +168,7 @@ class Verifier:
     @classmethod
     def from_vkey(cls, vkey: str, *, verify_fn: VerifyFn = _nacl_verify) -> Verifier:
         """Parse ``<name>+<hex8 key ID>+<base64(0x01 || public key)>``, checking the key ID."""
-        name, _, rest = vkey.partition("+")
-        hash_hex, _, key_b64 = rest.partition("+")
-        if not re.fullmatch(r"[0-9a-f]{8}", hash_hex):
-            raise NoteError(f"verifier key {vkey!r}: key ID must be 8 lowercase hex digits")
-        try:
-            key = _b64decode(key_b64)
-        except ValueError as e:
-            raise NoteError(f"verifier key {vkey!r}: key: {e}") from e
+        name, hash_hex, key = _split_vkey(vkey)
         if len(key) != 33 or key[0] != ED25519:
             raise NoteError(f"verifier key {vkey!r}: expected 0x01 followed by a 32-byte Ed25519 key")
         verifier = cls(name=_check_name(name), public_key=key[1:], verify_fn=verify_fn)
