@@ -75,6 +75,7 @@ from engine.adapters.landlock import (  # noqa: F401  (SandboxError and the ABI 
 )
 from engine.errors import ConfigError
 from engine.store.localseal import certus_home
+from engine.store.workspace import proc_stat
 
 __all__ = ["SandboxError", "RunSandbox", "StageBox", "landlock_abi", "sandbox_mode", "kill_tagged",
            "set_subreaper", "TOKEN_VAR"]
@@ -119,12 +120,8 @@ def _settle_group(pgid: int, deadline: float = 1.0) -> None:
     while time.monotonic() < end:
         left = False
         for pid in _children(me):
-            try:
-                with open(f"/proc/{pid}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) != pgid:
+            fields = proc_stat(pid)
+            if fields is None or int(fields[2]) != pgid:
                 continue
             left = True
             if fields[0] == b"Z":

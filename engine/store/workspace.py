@@ -22,7 +22,7 @@ from typing import Any
 from engine.errors import GraphError, LockHeldError, WorkspaceError
 from engine.store.fsutil import overwrite_small
 
-__all__ = ["Workspace", "WorkspaceLock", "find_root", "proc_start_time"]
+__all__ = ["Workspace", "WorkspaceLock", "find_root", "proc_start_time", "proc_stat"]
 
 SPEC_DIR = "pipelines"
 CONF_DIR = "conf"
@@ -42,29 +42,29 @@ def find_root(start: str) -> str:
         cur = parent
 
 
-def proc_start_time(pid: int) -> int | None:
-    """Kernel start time (clock ticks since boot) of a process, or None if it is gone."""
+def proc_stat(pid: int | str) -> list[bytes] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (state, ppid, pgrp, …), or None if gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except OSError:
         return None
-    rest = data[data.rfind(b")") + 2 :].split()
-    return int(rest[19])
+    return data[data.rfind(b")") + 2 :].split()
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Kernel start time (clock ticks since boot) of a process, or None if it is gone."""
+    rest = proc_stat(pid)
+    return int(rest[19]) if rest is not None else None
 
 
 def _group_members(pgid: int, not_before: int) -> list[int]:
     """Live processes in process group ``pgid`` started no earlier than ``not_before``."""
     members = []
     for name in os.listdir("/proc"):
-        if not name.isdigit():
+        rest = proc_stat(name) if name.isdigit() else None
+        if rest is None:
             continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        rest = data[data.rfind(b")") + 2 :].split()
         if int(rest[2]) == pgid and int(rest[19]) >= not_before and rest[0] != b"Z":
             members.append(int(name))
     return members
