@@ -189,11 +189,18 @@ class Envelope:
     @classmethod
     def _from_canonical_match(cls, m: re.Match[bytes]) -> Envelope:
         payload, payload_type, sigs = m.group(1), m.group(2), m.group(3)
-        return cls.from_dict({
+        pairs = [(k.decode("ascii"), v.decode("ascii")) for k, v in _CANONICAL_SIG.findall(sigs)]
+        try:  # the regex fixed the layout; only the base64 fields are left to check
+            sig_list = tuple(Signature(keyid=k, sig=b64decode_strict(v)) for k, v in pairs)
+            if all(s.sig for s in sig_list):
+                return cls(payload_type=payload_type.decode("ascii"), payload=b64decode_strict(payload.decode("ascii")),
+                           signatures=sig_list)
+        except ValueError:
+            pass
+        return cls.from_dict({  # let the strict parser name what is wrong
             "payload": payload.decode("ascii"),
             "payloadType": payload_type.decode("ascii"),
-            "signatures": [{"keyid": k.decode("ascii"), "sig": v.decode("ascii")}
-                           for k, v in _CANONICAL_SIG.findall(sigs)],
+            "signatures": [{"keyid": k, "sig": v} for k, v in pairs],
         })
 
 

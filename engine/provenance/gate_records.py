@@ -30,7 +30,8 @@ from typing import Any
 from engine.core.canonical import canonical_bytes
 
 __all__ = ["TEST_RESULT_PREDICATE", "WAIVER_TYPE", "WAIVER_SCHEMA", "DETAIL_PREFIX", "POLICY_PREFIX",
-           "gate_statement", "gate_detail", "waiver_payload", "waiver_problem", "is_gate_result", "RESULTS"]
+           "gate_statement", "gate_detail", "gate_result_detail", "waiver_payload", "waiver_problem",
+           "is_gate_result", "RESULTS"]
 
 TEST_RESULT_PREDICATE = "https://in-toto.io/attestation/test-result/v0.1"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -134,6 +135,25 @@ def gate_detail(statement: Mapping[str, Any]) -> tuple[dict[str, Any] | None, st
     if any(not isinstance(detail.get(k), str) for k in ("gate", "run_id", "key", "time")):
         return None, "gate detail lacks gate, run_id, key or time"
     return detail, ""
+
+
+def gate_result_detail(statement: Mapping[str, Any]) -> dict[str, Any] | str:
+    """What ``certus verify`` keeps of a gate result: its checked detail, or why it is unsound.
+
+    Everything that needs only the statement itself is checked here (in verify's forked workers);
+    what links it to other entries is left to :mod:`engine.provenance.verify_gates`.
+    """
+    detail, why = gate_detail(statement)
+    if detail is None:
+        return why
+    files = detail.get("metric_files") or {}
+    if not isinstance(files, dict):
+        return "its metric_files is not an object"
+    subjects = {s.get("name"): (s.get("digest") or {}).get("sha256") for s in statement.get("subject", [])
+                if isinstance(s, dict)}
+    if any(subjects.get(p) != str(d).split(":", 1)[-1] for p, d in files.items()):
+        return "its subjects are not the metrics files it records"
+    return {k: detail.get(k) for k in ("gate", "run_id", "metrics", "metric_files")}
 
 
 def waiver_payload(*, time: str, run_id: str, gate: str, rule: Mapping[str, Any], result_sha256: str, key: str,

@@ -43,6 +43,7 @@ The caller holds the workspace lock; the ledger takes none of its own.
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import os
 from collections import deque
@@ -260,6 +261,32 @@ class Ledger:
         """The committed entries from ``start`` on, in order; each frame is checked against its leaf hash."""
         for entry, _ in self._frames(self.size, start):
             yield entry
+
+    def entries_unchecked(self) -> list[bytes]:
+        """The committed entries, decoded without checking each frame's leaf hash and layout.
+
+        Only for a caller that also runs :meth:`verify_structure` over the same files under the
+        same lock (``certus verify``): the audit checks every frame, so checking them here as well
+        would do the slowest part of reading twice. A frame that does not decode gets the full check.
+        """
+        out: list[bytes] = []
+        with open(self._file(ENTRIES), "rb") as f:
+            for index in range(self.size):
+                line = f.readline()
+                end = line.find(b'","index":')
+                try:
+                    if not line.startswith(b'{"entry":"') or end < 0:
+                        raise ValueError
+                    out.append(binascii.a2b_base64(line[10:end]))
+                except (ValueError, binascii.Error):
+                    if not line:
+                        raise LedgerError(f"{self._file(ENTRIES)}: entry {index}: missing (the checkpoint has "
+                                          f"{self.size})") from None
+                    try:
+                        out.append(decode_frame(line, index)[0])
+                    except LedgerError as e:
+                        raise LedgerError(f"{self._file(ENTRIES)}: entry {index}: {e}") from e
+        return out
 
     def entry(self, index: int) -> bytes:
         """Entry ``index`` (reads the frames before it)."""

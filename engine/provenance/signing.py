@@ -104,6 +104,9 @@ def spki_from_pem(pem: bytes) -> bytes:
     return b64decode_strict(body)
 
 
+_KEYIDS: dict[tuple[str, bytes], str] = {}
+
+
 @dataclass(frozen=True, slots=True)
 class PublicKey:
     """A public key: raw 32-byte Ed25519 (the default) or a P-256 DER SubjectPublicKeyInfo;
@@ -134,9 +137,14 @@ class PublicKey:
     @property
     def keyid(self) -> str:
         """Lowercase hex SHA-256 of the raw Ed25519 key, or of an ECDSA key's PEM text (OMS's hint)."""
-        if self.algorithm == ECDSA_P256:
-            return hashlib.sha256(spki_pem(self.raw)).hexdigest()
-        return hashlib.sha256(self.raw).hexdigest()
+        hit = _KEYIDS.get((self.algorithm, self.raw))
+        if hit is None:  # verify asks for the same few keys' ids once per signature: hash each once
+            data = spki_pem(self.raw) if self.algorithm == ECDSA_P256 else self.raw
+            hit = hashlib.sha256(data).hexdigest()
+            if len(_KEYIDS) >= 4096:
+                _KEYIDS.clear()
+            _KEYIDS[(self.algorithm, self.raw)] = hit
+        return hit
 
     def pem(self) -> bytes:
         """The PEM SubjectPublicKeyInfo of an ECDSA key (what OMS tools take as a public key file)."""

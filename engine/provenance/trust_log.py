@@ -106,6 +106,9 @@ class TrustHistory:
     epochs: list[_Epoch] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     revoked_by: dict[str, int] = field(default_factory=dict)  # keyid -> index of the record revoking it
+    # (keyid, role, epoch, is the revoking entry) -> (key, earliest, latest, before): the times a signature
+    # may claim, so verify's tens of thousands of checks skip the lookups; anything outside gets the full check
+    _windows: dict[tuple[str, str, int, bool], Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_records(cls, records: Iterable[tuple[int, Mapping[str, Any]]]) -> TrustHistory:
@@ -176,6 +179,30 @@ class TrustHistory:
 
     def check(self, keyid: str, role: str, at: datetime, index: int) -> PublicKey:
         """The key to verify a signature by ``keyid`` for ``role``, made at ``at``, vouched for by entry ``index``."""
+        epoch = bisect.bisect_right([e.start for e in self.epochs], index) if self.epochs else 0
+        memo = (keyid, role, epoch, index == self.revoked_by.get(keyid))
+        window = self._windows.get(memo)
+        if window is None:
+            window = self._windows[memo] = self._window(keyid, role, index)
+        pub, earliest, latest, before = window
+        if (pub is not None and isinstance(at, datetime) and at.tzinfo is not None
+                and (earliest is None or at >= earliest) and (latest is None or at <= latest)
+                and (before is None or at < before)):
+            return pub
+        return self._check(keyid, role, at, index)
+
+    def _window(self, keyid: str, role: str, index: int) -> tuple[PublicKey | None, Any, Any, Any]:
+        """When a signature by ``keyid`` for ``role`` vouched for at ``index`` may have been made."""
+        entry = next((e for e in self.state_at(index).entries if e.keyid == keyid), None)
+        if entry is None or entry.revoked is not None or role not in entry.roles:
+            return None, None, None, None
+        final = next((e for e in self.latest.entries if e.keyid == keyid), None)
+        before = None
+        if final is not None and final.revoked is not None and index != self.revoked_by.get(keyid):
+            before = final.revoked.at
+        return entry.public_key, entry.not_before, entry.not_after, before
+
+    def _check(self, keyid: str, role: str, at: datetime, index: int) -> PublicKey:
         store = self.state_at(index)
         try:
             entry = store.get(keyid)

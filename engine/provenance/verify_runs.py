@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from engine.errors import SignatureError
 from engine.provenance import merkle
 from engine.provenance.dsse import Envelope, verify_envelope
-from engine.provenance.gate_records import WAIVER_TYPE, claimed_time
+from engine.provenance.gate_records import WAIVER_TYPE, claimed_time, gate_result_detail, is_gate_result
 from engine.provenance.records import EVENT_ROLES, EVENT_TYPE, ROLE_FOR_PREDICATE, ROLE_FOR_TYPE, RUN_TYPE
 from engine.provenance.statement import PAYLOAD_TYPE, PROVENANCE_TYPE, STATEMENT_TYPE, subject_digests
 from engine.provenance.trust_log import GENESIS, TRUST_TYPE
@@ -100,8 +100,10 @@ class Slice:
     attestations: dict[str, tuple[str, str, dict[str, str]]] = field(default_factory=dict)  # sha -> run, stage, subj
     restores: list[tuple[str, str, dict[str, str], str, str]] = field(default_factory=list)
     times: dict[int, datetime] = field(default_factory=dict)
-    # gate results and waivers (engine.provenance.verify_gates): index, where, sha256, payload, signer keyids, trusted
-    gate_entries: list[tuple[int, str, str, dict[str, Any], tuple[str, ...], bool]] = field(default_factory=list)
+    # gate results and waivers (engine.provenance.verify_gates): index, where, sha256, what (a result's checked
+    # detail, a waiver's payload, or why a result is unsound), signer keyids, trusted, whether it is a waiver
+    gate_entries: list[tuple[int, str, str, dict[str, Any] | str, tuple[str, ...], bool, bool]] = field(
+        default_factory=list)
     run_signers: dict[str, tuple[str, ...]] = field(default_factory=dict)  # run id -> keyids of its record
 
     @classmethod
@@ -166,7 +168,7 @@ def check_entries(ctx: Context, part: Sequence[tuple[int, bytes]]) -> Slice:
                         f"{TRUST_TYPE}, {WAIVER_TYPE} or a gate result ({PAYLOAD_TYPE})")
             continue
         role, at_text = kind
-        gate_kind = env.payload_type in (WAIVER_TYPE, PAYLOAD_TYPE)
+        gate_kind = env.payload_type == WAIVER_TYPE or is_gate_result(payload)
         if env.payload_type == RUN_TYPE:
             where += f" (run {payload.get('run_id', '?')})"
         elif gate_kind:
@@ -189,8 +191,9 @@ def check_entries(ctx: Context, part: Sequence[tuple[int, bytes]]) -> Slice:
         out.times[index] = at
         report.count("records")
         if gate_kind:
-            out.gate_entries.append((index, where, sha256_hex(raw), payload, tuple(s.keyid for s in env.signatures),
-                                     trusted))
+            waiver = env.payload_type == WAIVER_TYPE
+            out.gate_entries.append((index, where, sha256_hex(raw), payload if waiver else gate_result_detail(payload),
+                                     tuple(s.keyid for s in env.signatures), trusted, waiver))
         if env.payload_type != RUN_TYPE:
             continue
         run_id = str(payload.get("run_id", "?"))
