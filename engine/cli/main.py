@@ -285,6 +285,9 @@ def _parser() -> argparse.ArgumentParser:
     from engine.cli.release import register as register_release
 
     register_release(sub, add)
+    from engine.cli.deploy import register as register_deploy
+
+    register_deploy(sub, add)
     return p
 
 

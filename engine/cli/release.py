@@ -126,12 +126,42 @@ def cmd_package(args: argparse.Namespace) -> int:
     signer = _signer(args.key)
     _check_releaser(args, signer)
     training = _training(args)
+    gates = _gates(args, training)
+    evidence = prov = None
+    if training:  # the ledger links a release needs, checked before anything is built
+        from engine.provenance.recorder import Provenance
+        from engine.release.publish import gather
+        from engine.store.workspace import Workspace
+
+        prov = Provenance(Workspace.discover(args.directory or "."))
+        evidence = gather(prov, training, args.model)
     req = PackageRequest(model=args.model, name=args.name, version=args.version, out=args.out,
                          license=args.license, serving=args.serving, intended_use=args.intended_use,
-                         metrics=_metrics(args.metrics), training=training, gates=_gates(args, training))
+                         metrics=_metrics(args.metrics), training=training, gates=gates,
+                         approvals=tuple(evidence.datasets) if evidence else ())
     built = build_bundle(req, signer)
     print(f"packaged {built.path} ({len(built.resources)} files, root sha256 {built.root_digest}); "
           f"signed by releaser '{signer.name}' ({signer.keyid[:16]}…)")
+    if evidence is not None:
+        import time
+
+        from engine.provenance.statement import rfc3339
+        from engine.release.publish import publish, release_record
+
+        record = release_record(evidence, built, args.name, args.version, signer.keyid, rfc3339(time.time()), gates)
+        try:
+            index = publish(prov, record, signer)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(built.path, ignore_errors=True)  # never leave a bundle no release record vouches for
+            raise
+        print(f"release record appended as ledger entry {index}: {args.name} {args.version} -> run "
+              f"{evidence.run['run_id']} (ledger entry {evidence.run['ledger_index']}), "
+              f"{len(record.gates)} gate result(s), {len(record.datasets)} dataset(s)")
+    else:
+        print("note: packaged without --run: no release record links this bundle to a run, so 'certus deploy' "
+              "will refuse it", file=sys.stderr)
     if args.tar:
         print(f"tar: {write_tar(built.path)}")
     return 0

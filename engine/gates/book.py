@@ -85,6 +85,25 @@ class GateBook:
             book._add(i, raw, judge)
         return book
 
+    @classmethod
+    def from_entries(cls, raws: Any, judge: Any) -> GateBook:
+        """The gate results and waivers among ``raws`` (ledger entries in order), judged by ``judge``
+        (a TrustHistory): for deploy, which reads the ledger itself and never the local index."""
+        book = cls()
+        run_marker = RUN_TYPE.encode()
+        for i, raw in enumerate(raws):
+            if any(m in raw for m in _MARKERS):
+                book._add(i, raw, judge)
+            elif run_marker in raw:
+                try:
+                    env = Envelope.from_json_bytes(raw)
+                    if env.payload_type == RUN_TYPE:
+                        run_id = str(json.loads(env.payload).get("run_id"))
+                        book._run_signers[run_id] = tuple(s.keyid for s in env.signatures)
+                except (EngineError, ValueError, AttributeError):
+                    pass
+        return book
+
     def _add(self, i: int, raw: bytes, judge: Any) -> None:
         try:
             env = Envelope.from_json_bytes(raw)

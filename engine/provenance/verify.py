@@ -37,7 +37,7 @@ from engine.provenance.trust_log import CLOCK_SKEW, TRUST_TYPE, TrustHistory
 from engine.provenance.verify_runs import Context, Report, Slice, check_entries
 from engine.store.workspace import Workspace
 
-__all__ = ["VerifyReport", "verify_workspace"]
+__all__ = ["VerifyReport", "checkpoint_verifiers", "trust_history_of", "verify_workspace"]
 
 PROGRESS_FROM = 1000  # ledger entries from which verify says what it is doing (it takes seconds)
 VerifyReport = Report
@@ -53,7 +53,7 @@ class _FileTrust:
         return self.store.check(keyid, role, at)
 
 
-def _trust_history(raws: list[bytes]) -> TrustHistory:
+def trust_history_of(raws: list[bytes]) -> TrustHistory:
     """Replay the ledger's trust records (found without decoding the other entries)."""
     from engine.provenance.dsse import Envelope
 
@@ -73,7 +73,7 @@ def _trust_history(raws: list[bytes]) -> TrustHistory:
     return TrustHistory.from_records(records)
 
 
-def _verifiers(history: TrustHistory, trust: TrustStore, origin: str) -> list[Any]:
+def checkpoint_verifiers(history: TrustHistory, trust: TrustStore, origin: str) -> list[Any]:
     """Note verifiers for every key that ever held the ledger role (by origin and by key name)."""
     from engine.provenance.note import Verifier
 
@@ -131,7 +131,7 @@ def _verify_ledger(ws: Workspace, prov: Any, trust: TrustStore, ldir: str, repor
         raws.extend(ledger.entries_unchecked())  # every frame is checked by the audit below
     except EngineError as e:  # a damaged ledger: check what still reads, and say where reading stopped
         report.fail(f"{rel}: entries unreadable past entry {len(raws)}: {e}".replace(ldir, rel))
-    history = _trust_history(raws)
+    history = trust_history_of(raws)
     for problem in history.problems:
         report.fail(problem)
     if raws and not history.pinned:
@@ -140,7 +140,7 @@ def _verify_ledger(ws: Workspace, prov: Any, trust: TrustStore, ldir: str, repor
     judge: Any = history if history.pinned else _FileTrust(trust)
     if history.pinned and (why := history.diff_file(trust)):
         report.fail(why)
-    verifiers = _verifiers(history, trust, ledger.origin)
+    verifiers = checkpoint_verifiers(history, trust, ledger.origin)
 
     # The structure audit (every frame and historical checkpoint) runs in a child process while
     # this one checks the entries' signatures, records and attestations.

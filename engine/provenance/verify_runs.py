@@ -20,6 +20,7 @@ from engine.provenance import merkle
 from engine.provenance.dsse import Envelope, verify_envelope
 from engine.provenance.gate_records import WAIVER_TYPE, claimed_time, gate_result_detail, is_gate_result
 from engine.provenance.records import EVENT_ROLES, EVENT_TYPE, ROLE_FOR_PREDICATE, ROLE_FOR_TYPE, RUN_TYPE
+from engine.provenance.release_records import RELEASE_TYPE, VSA_PREDICATE
 from engine.provenance.statement import PAYLOAD_TYPE, PROVENANCE_TYPE, STATEMENT_TYPE, subject_digests
 from engine.provenance.trust_log import GENESIS, TRUST_TYPE
 
@@ -142,8 +143,10 @@ def _role_and_time(ptype: str, payload: dict[str, Any]) -> tuple[str, Any] | Non
         return EVENT_ROLES.get(payload.get("kind", ""), "trainer"), payload.get("time", "")
     if ptype == TRUST_TYPE:
         return ("ledger" if payload.get("kind") == GENESIS else "admin"), payload.get("time", "")
-    if ptype == WAIVER_TYPE:
-        return ROLE_FOR_TYPE[WAIVER_TYPE], payload.get("time", "")
+    if ptype in ROLE_FOR_TYPE:  # a gate waiver, a release record
+        return ROLE_FOR_TYPE[ptype], payload.get("time", "")
+    if ptype == PAYLOAD_TYPE and payload.get("predicateType") == VSA_PREDICATE:
+        return ROLE_FOR_PREDICATE[VSA_PREDICATE], (payload.get("predicate") or {}).get("timeVerified", "")
     if ptype == PAYLOAD_TYPE and payload.get("predicateType") in ROLE_FOR_PREDICATE:
         return ROLE_FOR_PREDICATE[payload["predicateType"]], claimed_time(payload)
     return None
@@ -165,7 +168,7 @@ def check_entries(ctx: Context, part: Sequence[tuple[int, bytes]]) -> Slice:
         kind = _role_and_time(env.payload_type, payload)
         if kind is None:
             report.fail(f"{where}: unknown payloadType '{env.payload_type}'; expected {RUN_TYPE}, {EVENT_TYPE}, "
-                        f"{TRUST_TYPE}, {WAIVER_TYPE} or a gate result ({PAYLOAD_TYPE})")
+                        f"{TRUST_TYPE}, {WAIVER_TYPE}, {RELEASE_TYPE} or a gate result or deploy VSA ({PAYLOAD_TYPE})")
             continue
         role, at_text = kind
         gate_kind = env.payload_type == WAIVER_TYPE or is_gate_result(payload)
@@ -173,6 +176,10 @@ def check_entries(ctx: Context, part: Sequence[tuple[int, bytes]]) -> Slice:
             where += f" (run {payload.get('run_id', '?')})"
         elif gate_kind:
             where += " (gate waiver)" if env.payload_type == WAIVER_TYPE else " (gate result)"
+        elif env.payload_type == RELEASE_TYPE:
+            where += f" (release {payload.get('name', '?')}-{payload.get('version', '?')})"
+        elif env.payload_type == PAYLOAD_TYPE:
+            where += " (deploy verification summary)"
         else:
             where += f" ({'event ' if env.payload_type == EVENT_TYPE else ''}{payload.get('kind', '?')} " \
                      f"{payload.get('subject', '')})"
