@@ -21,7 +21,7 @@ def _prov(args: argparse.Namespace) -> Any:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from engine import __version__
-    from engine.release.deploy import deploy, rollback
+    from engine.release.deploy import DeployRefused, deploy, rollback
     from engine.store.workspace import WorkspaceLock
 
     prov = _prov(args)
@@ -29,14 +29,20 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         raise ReleaseError("deploy: give a bundle directory, or --rollback NAME (not both)")
     signer = prov.signer("deployer")
     with WorkspaceLock(prov.ws).held(wait=True, command="deploy"):
-        if args.rollback:
-            done, rep = rollback(prov, args.rollback, args.alias, signer, registry=args.registry,
-                                 version=__version__)
-        else:
-            done, rep = deploy(prov, args.bundle, args.alias, signer, registry=args.registry,
-                               version=__version__)
+        try:
+            if args.rollback:
+                done, rep = rollback(prov, args.rollback, args.alias, signer, registry=args.registry,
+                                     version=__version__)
+            else:
+                done, rep = deploy(prov, args.bundle, args.alias, signer, registry=args.registry,
+                                   version=__version__)
+        except DeployRefused as e:
+            if not args.json:
+                raise
+            print(json.dumps({"ok": False, "refused": str(e), "failures": e.failures}, indent=2))
+            return e.exit_code
     if args.json:
-        print(json.dumps({"name": done.name, "version": done.version, "alias": done.alias,
+        print(json.dumps({"ok": True, "name": done.name, "version": done.version, "alias": done.alias,
                           "previous": done.previous, "new_version": done.new_version, "vsa_ledger_index":
                           done.vsa_index, "verified_links": [{"what": w, "sha256": s, "ledger_index": i}
                                                               for w, s, i in rep.links], "path": done.path},

@@ -25,7 +25,7 @@ from typing import Any
 from engine.errors import BundleFormatError, ReleaseError
 from engine.provenance.records import EVENT_ROLES, RUN_TYPE
 from engine.provenance.release_records import RELEASE_TYPE, ReleaseRecord
-from engine.release.evidence import approvals_in_registry, attested_outputs, consumed_manifests
+from engine.release.evidence import approvals_in_registry, attested_outputs, consumed_manifests, run_outputs
 from engine.release.ledger_view import LedgerView, ViewEntry
 from engine.release.oms import SIGNATURE_FILE, parse_bundle, parse_statement
 from engine.release.verify import BundleReport, verify_bundle
@@ -166,11 +166,18 @@ def _check_models(prov: Any, view: LedgerView, record: ReleaseRecord, statement:
         if signed.get(f) != m.get("sha256"):
             rep.fail(f"model file {f}: the release record's sha256 {str(m.get('sha256'))[:16]}… is not the bundle's")
             continue
-        att = outputs.get((str(m.get("artifact")), str(m.get("artifact_digest"))))
-        if att is None or att.sha256 != m.get("attestation") or att.run.payload.get("run_id") != record.run.get(
-                "run_id"):
-            rep.fail(f"model file {f}: no attestation of run {record.run.get('run_id')} in the ledger produced "
-                     f"{m.get('artifact')} with these bytes")
+        artifact, digest = str(m.get("artifact")), str(m.get("artifact_digest"))
+        att = outputs.get((artifact, digest))
+        run = view.by_sha.get(str(record.run.get("record_sha256")))
+        if run is None or run_outputs(run).get(artifact) != digest:
+            rep.fail(f"model file {f}: run {record.run.get('run_id')} did not produce or use {artifact} with these "
+                     "bytes")
+            continue
+        if att is None or att.sha256 != m.get("attestation") or att.run.index > run.index:
+            rep.fail(f"model file {f}: no attestation in the ledger produced {artifact} with these bytes")
+            continue
+        if len(files := [x for x in signed if x.startswith("model/")]) == 1 and signed[files[0]] != digest:
+            rep.fail(f"model file {f}: the bundle's bytes are not the attested {artifact}")
             continue
         if _link(view, att.run, f"attestation of {m.get('artifact')} (its run record)", "trainer",
                  str(att.run.payload.get("finished")), rep):

@@ -45,6 +45,10 @@ class DeployRefused(ReleaseError):
 
     exit_code = 4
 
+    def __init__(self, message: str, failures: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.failures = failures or []
+
 
 @dataclass(frozen=True)
 class Deployed:
@@ -73,9 +77,17 @@ def registry_lock(path: str) -> Iterator[None]:
         os.close(fd)
 
 
+def _step(name: str) -> None:
+    """A crash point for the kill -9 tests (``CERTUS_CRASH_AT=NAME`` kills this process right there)."""
+    if os.environ.get("CERTUS_CRASH_AT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _refuse(rep: ChainReport, what: str) -> DeployRefused:
-    more = f" (and {len(rep.failures) - 1} more; see --json)" if len(rep.failures) > 1 else ""
-    return DeployRefused(f"{what}: refused: {rep.failures[0]}{more}")
+    more = f" (and {len(rep.failures) - 1} more; --json lists them)" if len(rep.failures) > 1 else ""
+    return DeployRefused(f"{what}: refused: {rep.failures[0]}{more}", rep.failures)
 
 
 def _vsa(prov: Any, rep: ChainReport, name: str, resource: str, signer: Any, version: str) -> tuple[int, str]:
@@ -110,6 +122,7 @@ def _install(reg: Registry, name: str, number: int, bundle: str, trust: Any, at:
                 if os.path.islink(src):
                     raise ReleaseError(f"bundle file {src}: a symbolic link; refused")
                 copy_hashing(src, os.path.join(tmp, rel, fn))
+                _step("copying")
         check = verify_bundle(tmp, trust=trust, at=at)
         if not check.ok:
             raise ReleaseError(f"bundle {bundle}: changed while it was copied: {check.failures[0]}")
@@ -147,7 +160,9 @@ def deploy(prov: Any, bundle: str, alias: str, signer: Any, *, registry: str | N
         at = LedgerView.time_of(rep.release_entry) or now
         if existing is None:
             _install(reg, name, number, bundle, rep.trust_at_release, at)
+        _step("installed")
         vsa_index, vsa_sha = _vsa(prov, rep, name, f"certus:registry/{reg.rid}/{name}/{number}", signer, version)
+        _step("summarized")
         previous = model.aliases.get(alias) if model else None
         events = []
         if existing is None:

@@ -23,7 +23,7 @@ from engine.provenance.dsse import Envelope
 from engine.provenance.records import EVENT_TYPE, RUN_TYPE
 from engine.release.ledger_view import LedgerView, ViewEntry
 
-__all__ = ["Attested", "attested_outputs", "model_links", "consumed_manifests", "dataset_links",
+__all__ = ["Attested", "attested_outputs", "run_outputs", "model_links", "consumed_manifests", "dataset_links",
            "approvals_in_registry"]
 
 
@@ -82,14 +82,28 @@ def attested_outputs(prov: Any, view: LedgerView, before: int | None = None) -> 
     return out
 
 
-def model_links(outputs: Mapping[tuple[str, str], Attested], run_id: str, artifact: str, digest: str,
+def run_outputs(run: ViewEntry) -> dict[str, str]:
+    """``path -> hex digest`` of every output the run record lists (run, restored or up to date)."""
+    out = {}
+    for st in (run.payload.get("stages") or {}).values():
+        for path, digest in ((st or {}).get("outs") or {}).items() if isinstance(st, Mapping) else ():
+            out[str(path)] = str(digest).split(":", 1)[-1]
+    return out
+
+
+def model_links(outputs: Mapping[tuple[str, str], Attested], run: ViewEntry, artifact: str, digest: str,
                 files: Mapping[str, str]) -> list[dict[str, Any]]:
-    """The model's link to the run: the attestation of ``run_id`` producing ``artifact`` with ``digest``
-    (a file's sha256 or a directory's dirHash); ``files`` are the bundle's model files it covers."""
+    """The model's link to the run: the run record lists ``artifact`` with ``digest`` (a file's sha256 or a
+    directory's dirHash) and an attestation in the ledger, this run's or (up to date) an earlier one's,
+    produced exactly those bytes; ``files`` are the bundle's model files it covers."""
+    run_id = run.payload.get("run_id")
+    if run_outputs(run).get(artifact) != digest:
+        raise ReleaseError(f"model {artifact} (sha256 {digest[:16]}…): run {run_id} did not produce or use these "
+                           "bytes (its record lists another digest or none); package the model the run attested")
     att = outputs.get((artifact, digest))
-    if att is None or str(att.run.payload.get("run_id")) != run_id:
-        raise ReleaseError(f"model {artifact} (sha256 {digest[:16]}…): no attestation of run {run_id} in the "
-                           "ledger produced it with these bytes; package the model the run attested")
+    if att is None or att.run.index > run.index:
+        raise ReleaseError(f"model {artifact} (sha256 {digest[:16]}…): no attestation in the ledger produced it "
+                           "with these bytes")
     return [{"file": f, "artifact": artifact, "sha256": sha, "stage": att.stage, "attestation": att.sha256,
              "artifact_digest": digest} for f, sha in sorted(files.items())]
 

@@ -76,7 +76,7 @@ def gather(prov: Any, run: Mapping[str, Any], model: str) -> Evidence:
     files = model_files(src)
     digest = artifact_digest(src, files)
     outputs = attested_outputs(prov, view)
-    models = model_links(outputs, str(run["run_id"]), artifact, digest, files)
+    models = model_links(outputs, run_entry, artifact, digest, files)
     start = [outputs[(artifact, digest)]]
     datasets = dataset_links(view, consumed_manifests(outputs, start), approvals_in_registry(prov.ws.root))
     ref = {"run_id": run["run_id"], "record_sha256": run_entry.sha256, "ledger_index": run_entry.index}
