@@ -203,16 +203,15 @@ def _forge(w: W, key: str, *, version: str, run: str = "latest", bundle: str | N
     releaser's trust check, the gate check, missing approvals): what a careless or hostile releaser could
     put in the ledger. Returns the bundle directory."""
     from engine.adapters.release_keys import load_ecdsa_signer
-    from engine.cli.release import _gates, _training
     from engine.provenance.recorder import Provenance
     from engine.release.bundle import PackageRequest, build_bundle
+    from engine.release.package import standing_gates, training_section
     from engine.release.publish import gather, release_record
     from engine.store.workspace import Workspace
 
     signer = load_ecdsa_signer(str(w.home / "keys" / f"{key}.key"))
-    ns = type("A", (), {"run": run, "directory": str(w.root)})()
-    training = _training(ns)
     prov = Provenance(Workspace(str(w.root)))
+    training = training_section(prov, run)
     ev = gather(prov, training, "models/model.pkl")
     if datasets is not None:
         ev = type(ev)(ev.run, ev.artifact, ev.artifact_digest, ev.files, ev.models, datasets(ev.datasets))
@@ -226,7 +225,7 @@ def _forge(w: W, key: str, *, version: str, run: str = "latest", bundle: str | N
         st = parse_statement(parse_bundle((Path(bundle) / "model.sig").read_bytes()).envelope.payload)
         built = BuiltBundle(Path(bundle), st.subject_digest, st.resources)
     if gates is None:
-        gates = _gates(ns, training)
+        gates = standing_gates(prov, training["run_id"])
     record = release_record(ev, built, "penguin-classifier", version, signer.keyid,
                             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), gates)
     prov._signers["releaser"] = signer  # no trust check: the deploy side must catch it
