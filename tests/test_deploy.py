@@ -26,6 +26,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = "dist/penguin-classifier-1.0.0"
+BIN = os.path.dirname(sys.executable)
 
 
 class W:
@@ -83,7 +84,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for d in ("conf", "pipelines", "stages"):
         shutil.copytree(REPO / d, ws / d, ignore=shutil.ignore_patterns("__pycache__"))
     env = {**os.environ, **_env(home), "HOME": str(base), "GIT_AUTHOR_NAME": "T", "GIT_AUTHOR_EMAIL": "t@e",
-           "GIT_COMMITTER_NAME": "T", "GIT_COMMITTER_EMAIL": "t@e"}
+           "GIT_COMMITTER_NAME": "T", "GIT_COMMITTER_EMAIL": "t@e", "PATH": BIN + os.pathsep + os.environ["PATH"]}
 
     def sh(*cmd: str) -> str:
         p = subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True, timeout=600)
@@ -116,6 +117,7 @@ def w(template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: p
     for k, v in _env(t.home).items():
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("HOME", str(tmp_path / "c"))
+    monkeypatch.setenv("PATH", BIN + os.pathsep + os.environ["PATH"])  # stages run this interpreter's `python`
     for var in ("CERTUS_KEY", "CERTUS_LEDGER_KEY", "CERTUS_CRASH_AT"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(t.root)
