@@ -105,8 +105,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sh(*certus, "keys", "trust", str(home / "keys/rel.pub"), "--role", "releaser")
     sh(*certus, "keys", "generate", "--name", "dep", "--role", "deployer", "--unencrypted")
     sh(*certus, "keys", "trust", str(home / "keys/dep.pub"), "--role", "deployer")
-    sh(*certus, "package", "models/model.pkl", "--name", "penguin-classifier", "--version", "1.0.0", "--key", "rel",
-       "--run", "latest")
+    assert (ws / BUNDLE / "model.sig").is_file()  # the pipeline's `packages:` step released 1.0.0 after the gate
     return base
 
 
@@ -175,9 +174,7 @@ def test_deploy_verifies_the_chain_registers_and_records_a_vsa(w: W) -> None:
 
 def test_alias_move_and_rollback(w: W) -> None:
     w.ok("deploy", BUNDLE, "--alias", "production", "--key", "dep")
-    w.ok("repro", "model=gbt")
-    w.ok("package", "models/model.pkl", "--name", "penguin-classifier", "--version", "1.1.0", "--key", "rel",
-         "--run", "latest")
+    w.ok("repro", "model=gbt", "package.version=1.1.0")  # the pipeline packages and releases 1.1.0
     w.ok("deploy", "dist/penguin-classifier-1.1.0", "--alias", "staging", "--key", "dep")
     w.ok("deploy", "dist/penguin-classifier-1.1.0", "--alias", "production", "--key", "dep")
     assert _show(w, "penguin-classifier@production")["number"] == 2
@@ -355,9 +352,7 @@ def test_bundle_without_release_record_refused(w: W) -> None:
 
 
 def test_two_concurrent_deploys_are_serialized(w: W) -> None:
-    w.ok("repro", "model=gbt")
-    w.ok("package", "models/model.pkl", "--name", "penguin-classifier", "--version", "1.1.0", "--key", "rel",
-         "--run", "latest")
+    w.ok("repro", "model=gbt", "package.version=1.1.0")  # the pipeline packages and releases 1.1.0
     a = w.proc("deploy", BUNDLE, "--alias", "production", "--key", "dep")
     b = w.proc("deploy", "dist/penguin-classifier-1.1.0", "--alias", "staging", "--key", "dep")
     outs = [p.communicate(timeout=120) for p in (a, b)]
@@ -370,9 +365,7 @@ def test_two_concurrent_deploys_are_serialized(w: W) -> None:
 @pytest.mark.parametrize("step", ["copying", "installed", "summarized"])
 def test_deploy_killed_halfway_leaves_the_old_alias(w: W, step: str) -> None:
     w.ok("deploy", BUNDLE, "--alias", "production", "--key", "dep")
-    w.ok("repro", "model=gbt")
-    w.ok("package", "models/model.pkl", "--name", "penguin-classifier", "--version", "1.1.0", "--key", "rel",
-         "--run", "latest")
+    w.ok("repro", "model=gbt", "package.version=1.1.0")  # the pipeline packages and releases 1.1.0
     p = w.proc("deploy", "dist/penguin-classifier-1.1.0", "--alias", "production", "--key", "dep",
                env={"CERTUS_CRASH_AT": step})
     p.communicate(timeout=120)

@@ -146,6 +146,28 @@ class GateBook:
         return [r for r in self.results if r.detail.get("run_id") == run_id
                 and (gate is None or r.detail.get("gate") == gate)]
 
+    def speaking_for(self, run_id: str, artifact: str | None = None, digest: str | None = None,
+                     before: int | None = None) -> dict[str, GateRecord]:
+        """Per gate, the result that judges a release from ``run_id``: the run's own newest, or, for a gate
+        the run reused rather than evaluated (same inputs, same key), the newest before ``before`` whose
+        subjects name the model ``artifact`` with ``digest`` (hex)."""
+        out: dict[str, GateRecord] = {}
+        for rec in self.for_run(run_id):
+            out[str(rec.detail.get("gate"))] = rec
+        if artifact is None:
+            return out
+        for rec in self.results:
+            gate = str(rec.detail.get("gate"))
+            own = gate in out and out[gate].detail.get("run_id") == run_id
+            if own or (before is not None and rec.index >= before):
+                continue
+            subj = {s.get("name"): s.get("digest") or {} for s in rec.statement.get("subject", [])
+                    if isinstance(s, dict)}
+            d = subj.get(artifact) or {}
+            if digest in (d.get("sha256"), d.get("dirHash")):
+                out[gate] = rec
+        return out
+
     def latest(self) -> dict[str, GateRecord]:
         out: dict[str, GateRecord] = {}
         for r in self.results:

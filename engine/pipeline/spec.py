@@ -35,7 +35,7 @@ from engine.pipeline.spec_problems import (  # noqa: F401  (parse_yaml re-export
 __all__ = ["StageSpec", "PipelineSpec", "load_spec_text", "STAGE_KEYS"]
 
 _GENERATOR_KEYS = ("foreach", "do", "matrix")
-_TOP_KEYS = ("stages", "vars", "gates")
+_TOP_KEYS = ("stages", "vars", "gates", "packages")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _ITEM_REF = re.compile(r"\$\{\s*(item|key)((?:\.[A-Za-z0-9_\-]+)*)\s*\}")
 _RAW_ITEM_REF = re.compile(r"\$\{\s*raw\s*:\s*\$\{\s*(item|key)((?:\.[A-Za-z0-9_\-]+)*)\s*\}\s*\}")
@@ -81,6 +81,7 @@ class PipelineSpec:
     path: str
     stages: Mapping[str, StageSpec]
     gates: Mapping[str, Any] = field(default_factory=dict)  # name -> engine.pipeline.gates_spec.GateSpec
+    packages: Mapping[str, Any] = field(default_factory=dict)  # name -> engine.pipeline.package_spec.PackageSpec
 
     def __getitem__(self, name: str) -> StageSpec:
         return self.stages[name]
@@ -302,9 +303,29 @@ def load_spec_text(text: str, *, path: str, config: Mapping[str, Any]) -> Pipeli
                           f"output '{o}' lies inside output '{parent}' of stage '{owner[parent]}'")
             parent = posixpath.dirname(parent)
     probs.raise_if_any()
+    spec = PipelineSpec(path=path, stages=stages)
     if "gates" in data or any("requires_gate" in resolved[n] for n, _, _ in bodies):
-        return _with_gates(PipelineSpec(path=path, stages=stages), data.get("gates"), resolved, bodies, config, probs)
-    return PipelineSpec(path=path, stages=stages)
+        spec = _with_gates(spec, data.get("gates"), resolved, bodies, config, probs)
+    if data.get("packages") is not None:
+        spec = _with_packages(spec, data["packages"], context, probs)
+    return spec
+
+
+def _with_packages(spec: PipelineSpec, raw: Any, context: Mapping[str, Any], probs: _Problems) -> PipelineSpec:
+    """The ``packages:`` section (engine.pipeline.package_spec), interpolated like stage fields."""
+    from engine.pipeline.package_spec import parse_packages
+
+    if isinstance(raw, dict):
+        try:
+            raw = resolve_strings(raw, context)
+        except InterpolationFailure as e:
+            probs.add(("packages", *e.location[:2]), None, None,
+                      f"package '{e.location[0]}': interpolation '{e.expr}' does not resolve: {e.reason}")
+            probs.raise_if_any()
+    producers = {o: st.name for st in spec.stages.values() for o in st.all_outs}
+    packages = parse_packages(raw, producers, spec.gates, probs)
+    probs.raise_if_any()
+    return PipelineSpec(path=spec.path, stages=spec.stages, gates=spec.gates, packages=packages)
 
 
 def _with_gates(spec: PipelineSpec, raw: Any, resolved: Mapping[str, Any], bodies: list[Any],
@@ -333,7 +354,8 @@ def spec_to_json(spec: PipelineSpec) -> bytes:
                        "datasets": st.datasets, "register": st.register, "writable": st.writable,
                        "timeout": st.timeout, "line": st.line, "requires_gate": st.requires_gate})
     gates = [g.to_json() for g in spec.gates.values()]
-    return json.dumps({"path": spec.path, "stages": stages, "gates": gates}).encode()
+    packages = [p.to_json() for p in spec.packages.values()]
+    return json.dumps({"path": spec.path, "stages": stages, "gates": gates, "packages": packages}).encode()
 
 
 def spec_from_json(data: bytes) -> PipelineSpec:
@@ -349,6 +371,8 @@ def spec_from_json(data: bytes) -> PipelineSpec:
             register=tuple((k, v) for k, v in s["register"]), writable=tuple(s.get("writable", ())),
             timeout=s.get("timeout"), line=s["line"], requires_gate=s.get("requires_gate"))
     from engine.pipeline.gates_spec import GateSpec
+    from engine.pipeline.package_spec import PackageSpec
 
     gates = {g["name"]: GateSpec.from_json(g) for g in doc.get("gates", ())}
-    return PipelineSpec(path=doc["path"], stages=stages, gates=gates)
+    packages = {p["name"]: PackageSpec.from_json(p) for p in doc.get("packages", ())}
+    return PipelineSpec(path=doc["path"], stages=stages, gates=gates, packages=packages)

@@ -197,7 +197,10 @@ def _check_gates(view: LedgerView, record: ReleaseRecord, release: ViewEntry, no
 
     book = GateBook.from_entries(view.raws, view.history)
     run_id = str(record.run.get("run_id"))
-    latest = {str(r.detail.get("gate")): r for r in book.for_run(run_id) if r.index < release.index}
+    run = view.by_sha.get(str(record.run.get("record_sha256")))
+    model = next(iter(record.models), {})
+    latest = {g: r for g, r in book.speaking_for(run_id, model.get("artifact"), model.get("artifact_digest"),
+                                                  run.index if run else None).items() if r.index < release.index}
     cited = {str(g.get("gate")): g for g in record.gates}
     for gate, rec in sorted(latest.items()):
         g = cited.get(gate)

@@ -61,14 +61,14 @@ def training_section(prov: Any, run: str) -> dict[str, Any]:
                        attestations=statements)
 
 
-def standing_gates(prov: Any, run_id: str) -> tuple[dict[str, Any], ...]:
-    """The run's gate results, each passed or validly waived now, cited by digest; refuses otherwise."""
+def standing_gates(prov: Any, run_id: str, artifact: str | None = None, digest: str | None = None,
+                   before: int | None = None) -> tuple[dict[str, Any], ...]:
+    """The gate results that speak for the run's model, each passed or validly waived now, cited by
+    digest; refuses otherwise (see :meth:`engine.gates.book.GateBook.speaking_for`)."""
     from engine.gates.book import GateBook
 
     book = GateBook.load(prov)
-    latest: dict[str, Any] = {}
-    for rec in book.for_run(run_id):
-        latest[str(rec.detail.get("gate"))] = rec  # the newest result of each gate
+    latest = book.speaking_for(run_id, artifact, digest, before)
     out = []
     now = datetime.now(UTC)
     for gate, rec in sorted(latest.items()):
@@ -93,7 +93,8 @@ class Packaged:
 
 def package_run(prov: Any | None, signer: Any, *, model: str, name: str, version: str, run: str | None,
                 out: str = "dist", license: str | None = None, serving: str | None = None,
-                intended_use: str | None = None, metrics: Mapping[str, Any] | None = None) -> Packaged:
+                intended_use: str | None = None, metrics: Mapping[str, Any] | None = None,
+                requires_gate: str | None = None) -> Packaged:
     """Build, sign and (with a run) log a release; ``prov`` is None only when no run is named."""
     from engine.provenance.statement import rfc3339
     from engine.release.bundle import PackageRequest, build_bundle
@@ -103,8 +104,12 @@ def package_run(prov: Any | None, signer: Any, *, model: str, name: str, version
     if run:
         assert prov is not None
         training = training_section(prov, run)
-        gates = standing_gates(prov, str(training["run_id"]))
         evidence = gather(prov, training, model)  # every ledger link, checked before anything is built
+        gates = standing_gates(prov, str(training["run_id"]), evidence.artifact, evidence.artifact_digest,
+                               evidence.run["ledger_index"])
+        if requires_gate and requires_gate not in {g["gate"] for g in gates}:
+            raise ReleaseError(f"run {training['run_id']}: not packaged: gate '{requires_gate}' has no signed "
+                               "result for this model")
     req = PackageRequest(model=model, name=name, version=version, out=out, license=license, serving=serving,
                          intended_use=intended_use, metrics=dict(metrics or {}), training=training,
                          gates=gates or (), approvals=tuple(evidence.datasets) if evidence else ())

@@ -21,6 +21,7 @@ class ProvenanceRepro(Repro):
         self.prov = Provenance(ws, key=key)
         self.record: Any = None
         self._derived_done = False
+        self._packaged = False
         self._unattested: set[str] = set()
         self._index: Any = None
 
@@ -75,6 +76,16 @@ class ProvenanceRepro(Repro):
                        f"attestation(s), merkle root {self.record.merkle_root[:16]}…) appended to the ledger\n")
         if self._gates is not None:  # gate results evaluated in this run, linked to it, after its record
             self._gates.commit(self.prov, self.err)
+        if self.spec.packages and result.status == "succeeded" and not self._packaged:
+            self._packaged = True  # once: the release record cites this run's record and gate results
+            from engine.run.packaging import package_after_run
+
+            problems = package_after_run(self.prov, self.spec, self.lock, result, self.err)
+            if problems:
+                from engine.errors import ReleaseError
+
+                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+                raise ReleaseError(problems[0] + more)
 
 
     def _register_derived(self, result: ReproResult) -> None:
