@@ -338,6 +338,8 @@ def test_dataset_approval_missing_from_the_ledger_refused(w: W) -> None:
 
     bundle = _forge(w, "rel", version="2.0.0", datasets=drop)
     _refused(w, bundle, "dataset penguins-raw", "approval: sha256 cdcdcdcd", "is not in the ledger")
+    text = w.fails("verify")  # and `certus verify` names the release record's broken link too
+    assert "(release penguin-classifier-2.0.0): dataset penguins-raw" in text and "is not an earlier entry" in text
     bundle = _forge(w, "rel", version="2.0.1", datasets=lambda links: [d for d in links
                                                                         if d["event"] != "dataset.registered"])
     _refused(w, bundle, "the model's lineage consumed its manifest", "does not cite")

@@ -178,6 +178,12 @@ def _verify_ledger(ws: Workspace, prov: Any, trust: TrustStore, ldir: str, repor
         from engine.provenance.verify_gates import verify_gates
 
         verify_gates(entries, report)
+    if entries.releases:
+        import hashlib
+
+        from engine.provenance.verify_releases import verify_releases
+
+        verify_releases(entries, {hashlib.sha256(r).hexdigest(): i for i, r in enumerate(raws)}, report)
     if run is None:
         from engine.provenance.verify_datasets import verify_datasets
 

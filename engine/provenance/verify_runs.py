@@ -106,6 +106,8 @@ class Slice:
     gate_entries: list[tuple[int, str, str, dict[str, Any] | str, tuple[str, ...], bool, bool]] = field(
         default_factory=list)
     run_signers: dict[str, tuple[str, ...]] = field(default_factory=dict)  # run id -> keyids of its record
+    # release records, deploy VSAs and registry events (engine.provenance.verify_releases): few, kept whole
+    releases: list[tuple[int, str, str, str, dict[str, Any], bool]] = field(default_factory=list)
 
     @classmethod
     def concat(cls, parts: list[Slice]) -> Slice:
@@ -124,6 +126,7 @@ class Slice:
             out.times.update(part.times)
             out.gate_entries.extend(part.gate_entries)
             out.run_signers.update(part.run_signers)
+            out.releases.extend(part.releases)
         return out
 
 
@@ -201,6 +204,9 @@ def check_entries(ctx: Context, part: Sequence[tuple[int, bytes]]) -> Slice:
             waiver = env.payload_type == WAIVER_TYPE
             out.gate_entries.append((index, where, sha256_hex(raw), payload if waiver else gate_result_detail(payload),
                                      tuple(s.keyid for s in env.signatures), trusted, waiver))
+        if env.payload_type == RELEASE_TYPE or (env.payload_type == PAYLOAD_TYPE and not gate_kind) or (
+                env.payload_type == EVENT_TYPE and str(payload.get("kind", "")).startswith("registry.")):
+            out.releases.append((index, where, sha256_hex(raw), env.payload_type, payload, trusted))
         if env.payload_type != RUN_TYPE:
             continue
         run_id = str(payload.get("run_id", "?"))
