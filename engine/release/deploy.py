@@ -35,7 +35,6 @@ from engine.provenance.statement import PAYLOAD_TYPE, rfc3339
 from engine.release.chain import ChainReport, verify_chain
 from engine.release.ledger_view import LedgerView
 from engine.release.registry import ALIAS, REGISTERED, Registry, registry_dir
-from engine.release.verify import verify_bundle
 
 __all__ = ["DeployRefused", "Deployed", "deploy", "rollback", "registry_lock"]
 
@@ -105,14 +104,17 @@ def _vsa(prov: Any, rep: ChainReport, name: str, resource: str, signer: Any, ver
     return index, hashlib.sha256(raw).hexdigest()
 
 
-def _install(reg: Registry, name: str, number: int, bundle: str, trust: Any, at: datetime) -> str:
-    """Copy ``bundle`` to ``DIR/NAME/N`` through a temporary directory, checked against its manifest."""
+def _install(reg: Registry, name: str, number: int, bundle: str) -> str:
+    """Copy ``bundle`` to ``DIR/NAME/N`` through a temporary directory; every byte written is hashed and
+    must match the signed manifest (the copy, not the source, is what will be served)."""
+    from engine.release.oms import SIGNATURE_FILE, parse_bundle, parse_statement
     from engine.store.hashing import copy_hashing
 
     dest = reg.bundle_path(name, number)
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     tmp = os.path.join(reg.path, f".tmp-{name}-{number}-{secrets.token_hex(4)}")
     try:
+        written: dict[str, str] = {}
         for dirpath, dirnames, filenames in os.walk(bundle):
             dirnames.sort()
             rel = os.path.relpath(dirpath, bundle)
@@ -121,11 +123,15 @@ def _install(reg: Registry, name: str, number: int, bundle: str, trust: Any, at:
                 src = os.path.join(dirpath, fn)
                 if os.path.islink(src):
                     raise ReleaseError(f"bundle file {src}: a symbolic link; refused")
-                copy_hashing(src, os.path.join(tmp, rel, fn))
+                key = os.path.normpath(os.path.join(rel, fn)).replace(os.sep, "/")
+                written[key] = copy_hashing(src, os.path.join(tmp, rel, fn))
                 _step("copying")
-        check = verify_bundle(tmp, trust=trust, at=at)
-        if not check.ok:
-            raise ReleaseError(f"bundle {bundle}: changed while it was copied: {check.failures[0]}")
+        with open(os.path.join(tmp, SIGNATURE_FILE), "rb") as f:
+            signed = {r.name: r.digest for r in parse_statement(parse_bundle(f.read()).envelope.payload).resources}
+        written.pop(SIGNATURE_FILE, None)
+        if written != signed:
+            bad = sorted(set(written.items()) ^ set(signed.items()))[0][0]
+            raise ReleaseError(f"bundle {bundle}: {bad} changed while it was copied; deploy again")
         if os.path.exists(dest):  # a copy a killed deploy left, which no ledger event names
             shutil.rmtree(dest)
         os.rename(tmp, dest)
@@ -157,9 +163,8 @@ def deploy(prov: Any, bundle: str, alias: str, signer: Any, *, registry: str | N
         existing = next((v for v in (model.versions.values() if model else ())
                          if v.bundle_root == rep.release.bundle_root), None)
         number = existing.number if existing else max(model.versions, default=0) + 1 if model else 1
-        at = LedgerView.time_of(rep.release_entry) or now
         if existing is None:
-            _install(reg, name, number, bundle, rep.trust_at_release, at)
+            _install(reg, name, number, bundle)
         _step("installed")
         vsa_index, vsa_sha = _vsa(prov, rep, name, f"certus:registry/{reg.rid}/{name}/{number}", signer, version)
         _step("summarized")
