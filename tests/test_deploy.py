@@ -379,3 +379,17 @@ def test_deploy_killed_halfway_leaves_the_old_alias(w: W, step: str) -> None:
     assert _show(w, "penguin-classifier@production")["number"] == 2
     assert not list((w.root / "registry").glob(".tmp-*"))
     w.ok("bundle", "verify", _show(w, "penguin-classifier@2")["path"])
+
+
+def test_packages_step_in_dag_and_spec_errors(w: W) -> None:
+    text = w.ok("dag", "--format", "mermaid")
+    assert '{{"gate: release"}}' in text and '[/"package: penguin-classifier"/]' in text and "-.->" in text
+    assert '"gate release" -> "package penguin-classifier" [style=dashed];' in w.ok("dag", "--format", "dot")
+    spec = w.root / "pipelines/lifecycle.yaml"
+    good = spec.read_text()
+    spec.write_text(good.replace("    model: models/model.pkl\n    version", "    model: models/other.pkl\n    version"))
+    text = w.fails("status")
+    assert "pipelines/lifecycle.yaml:" in text and "package 'penguin-classifier': field 'model'" in text
+    assert "is not an output of any stage" in text
+    spec.write_text(good.replace("requires_gate: release\n    intended", "requires_gate: nope\n    intended"))
+    assert "field 'requires_gate': 'nope' is not a gate" in w.fails("status")
