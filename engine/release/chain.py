@@ -93,9 +93,10 @@ def verify_chain(prov: Any, bundle: str, *, now: datetime) -> ChainReport:
         rep.fail(f"release record (ledger entry {entry.index}): names releaser {record.releaser[:16]}…, the "
                  f"bundle is signed by {str(br.keyid)[:16]}…")
     _check_run(view, record, entry, rep)
-    _check_models(prov, view, record, statement, rep)
+    outputs = attested_outputs(prov, view, before=entry.index)  # read once: every attestation bundle listed
+    _check_models(view, record, statement, outputs, rep)
     _check_gates(view, record, entry, now, rep)
-    _check_datasets(prov, view, record, entry, rep)
+    _check_datasets(prov, view, record, outputs, rep)
     return rep
 
 
@@ -155,13 +156,12 @@ def _check_run(view: LedgerView, record: ReleaseRecord, release: ViewEntry, rep:
           str(e.payload.get("finished") or e.payload.get("started")), rep, before=release)
 
 
-def _check_models(prov: Any, view: LedgerView, record: ReleaseRecord, statement: Any, rep: ChainReport) -> None:
+def _check_models(view: LedgerView, record: ReleaseRecord, statement: Any, outputs: Any, rep: ChainReport) -> None:
     signed = {r.name: r.digest for r in statement.resources}
     models = [m for m in signed if m.startswith("model/")]
     cited = {str(m.get("file")): m for m in record.models}
     for f in sorted(set(models) - set(cited)):
         rep.fail(f"model file {f}: the release record does not link it to an attestation")
-    outputs = attested_outputs(prov, view, before=rep.release_entry.index if rep.release_entry else None)
     for f, m in sorted(cited.items()):
         if signed.get(f) != m.get("sha256"):
             rep.fail(f"model file {f}: the release record's sha256 {str(m.get('sha256'))[:16]}… is not the bundle's")
@@ -222,10 +222,10 @@ def _check_gates(view: LedgerView, record: ReleaseRecord, release: ViewEntry, no
         rep.fail(f"gate '{gate}': the release record cites a result the ledger does not hold for run {run_id}")
 
 
-def _check_datasets(prov: Any, view: LedgerView, record: ReleaseRecord, release: ViewEntry,
-                    rep: ChainReport) -> None:
+def _check_datasets(prov: Any, view: LedgerView, record: ReleaseRecord, outputs: Any, rep: ChainReport) -> None:
     cited = {str(d.get("manifest_sha256")): d for d in record.datasets}
-    outputs = attested_outputs(prov, view, before=release.index)
+    release = rep.release_entry
+    assert release is not None
     start = [o for o in outputs.values() if any(o.sha256 == m.get("attestation") for m in record.models)]
     consumed = consumed_manifests(outputs, start)
     for sha in sorted(set(consumed) - set(cited)):
