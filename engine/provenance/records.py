@@ -37,6 +37,7 @@ EVENT_ROLES = {
     "gate.waiver": "approver",
     "deployment": "releaser",
     "drift.alert": "trainer",
+    "dvc.adopted": "trainer",  # a dvc.lock entry adopted, not executed (engine.run.dvc_adopt)
 }
 
 

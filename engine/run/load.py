@@ -126,6 +126,10 @@ def dag(ws: Workspace, spec: Any) -> Any:
 
 
 def load(ws: Workspace, overrides: Sequence[str] = (), pipeline: str | None = None) -> tuple[dict[str, Any], Any, Any]:
+    if pipeline is None and not os.path.isdir(ws.p(SPEC_DIR)):  # a DVC project (engine.run.dvc_front)
+        from engine.run.dvc_front import load_dvc
+
+        return load_dvc(ws, overrides)
     config = compose(ws, overrides)
     spec = load_spec(ws, config, pipeline)
     return config, spec, dag(ws, spec)
