@@ -26,7 +26,7 @@ from engine.pipeline.spec import PipelineSpec, StageSpec
 from engine.pipeline.spec_problems import _Problems
 
 __all__ = ["DvcStageSpec", "DvcPipelineSpec", "load_dvc_project", "is_dvc_project", "param_values", "shell_cmd",
-           "param_label", "ws_path"]
+           "param_label", "ws_path", "adopted_sha256"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +44,15 @@ class DvcPipelineSpec(PipelineSpec):
     files: tuple[DvcFile, ...] = ()
     dvc_stages: Mapping[str, DvcStage] = field(default_factory=dict)  # by address, frozen ones included
     tracked: Mapping[str, str] = field(default_factory=dict)  # path tracked by a .dvc file -> that file
+
+
+def adopted_sha256(stage: str, outs: Mapping[str, Any]) -> str:
+    """What a ``dvc.adopted`` ledger event is filed under (ledger index, verify): the stage and its outputs."""
+    import hashlib
+
+    from engine.core.canonical import canonical_bytes
+
+    return hashlib.sha256(canonical_bytes({"stage": stage, "outs": dict(outs)})).hexdigest()
 
 
 def is_dvc_project(root: str) -> bool:

@@ -30,7 +30,6 @@ _LOADER12: type | None = None
 
 
 def _loader12() -> type:
-    import yaml
 
     global _LOADER12
     if _LOADER12 is not None:

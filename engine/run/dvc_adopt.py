@@ -20,9 +20,8 @@ import posixpath
 from collections.abc import Mapping
 from typing import Any
 
-from engine.core.canonical import canonical_bytes
 from engine.errors import SpecError
-from engine.pipeline.dvc_pipeline import DvcPipelineSpec, param_values
+from engine.pipeline.dvc_pipeline import DvcPipelineSpec, adopted_sha256, param_values
 from engine.pipeline.dvc_spec import DvcStage
 from engine.pipeline.dvc_yaml import load_yaml12
 from engine.pipeline.lockfile import LockFile, StageLock
@@ -142,11 +141,6 @@ def adoptable(spec: DvcPipelineSpec, root: str, hasher: Hasher, lock: LockFile,
             continue
         entries[name] = lock_entry(st, stage_key(st, deps), deps, outs)  # type: ignore[arg-type]
     return entries, refused
-
-
-def adopted_sha256(stage: str, outs: Mapping[str, Any]) -> str:
-    """What the ledger index files an adoption under (engine.provenance.ledger_index ``logged``)."""
-    return hashlib.sha256(canonical_bytes({"stage": stage, "outs": dict(outs)})).hexdigest()
 
 
 def adopt(ws: Any, spec: DvcPipelineSpec, hasher: Hasher, cache: Any, prov: Any | None,

@@ -148,9 +148,9 @@ def hydra_to_params(ws: Workspace, overrides: Sequence[str]) -> bool:
     """With ``conf/``: the composed config written to ``params.yaml`` (what the stages read). True if changed."""
     if not _has_conf(ws):
         return False
-    from engine.run.load import compose
-
     import yaml
+
+    from engine.run.load import compose
 
     config = compose(ws, overrides)
     data = yaml.safe_dump(config, sort_keys=False).encode()

@@ -117,7 +117,7 @@ class ProvenanceRepro(Repro):
 
 
 def _adopted_sha256(stage: str, outs: dict[str, Any]) -> str:
-    from engine.run.dvc_adopt import adopted_sha256
+    from engine.pipeline.dvc_pipeline import adopted_sha256
 
     return adopted_sha256(stage, outs)
 
