@@ -208,7 +208,7 @@ def test_dvc_repro_then_certus_runs_nothing_and_reruns_what_dvc_would(proj: Path
     assert stale == dvc_changed == {"train@a", "train@b"}
     code, out, err = certus(proj, "repro", "--json")
     ran = {n for n, s in json.loads(out)["stages"].items() if s["state"] == "ran"}
-    assert code == 0 and ran == {"train@a", "train@b", "report"} - ({"report"} if "report" not in ran else set())
+    assert code == 0 and ran == {"train@a", "train@b", "report"}  # report: model-a.txt changed, as under dvc repro
     assert "--lr 0.5" in (proj / "model-a.txt").read_text()
 
 
@@ -322,3 +322,16 @@ def test_status_of_a_dvc_project_imports_no_dvc(proj: Path) -> None:
     """)
     r = _run([sys.executable, "-c", code], proj)
     assert "BAD []" in r.stdout, r.stdout + r.stderr
+
+
+def test_import_dvc_to_hydra_lists_what_it_drops(proj: Path) -> None:
+    code, out, err = certus(proj, "import-dvc", "--to-hydra")
+    assert code == 0, err
+    assert "wrote pipelines/dvc.yaml" in out
+    assert "not carried over: stage 'sub/dvc.yaml:grow': output 'sub/log.txt' persist: true" in out
+    assert "$CERTUS_PARAMS" in out
+    from engine.pipeline.spec import load_spec_text
+
+    config = __import__("yaml").safe_load((proj / "conf/config.yaml").read_text())
+    spec = load_spec_text((proj / "pipelines/dvc.yaml").read_text(), path="pipelines/dvc.yaml", config=config)
+    assert spec["sub-sweep-1-x"].params == (("k", 5),) and spec["train-a"].deps == ("prepared",)
