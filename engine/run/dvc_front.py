@@ -23,24 +23,11 @@ from engine.pipeline.dvc_spec import DEFAULT_PARAMS
 from engine.store.fsutil import atomic_write
 from engine.store.workspace import CONF_DIR, Workspace
 
-__all__ = ["load_dvc", "set_params", "hydra_to_params", "prepare_repro"]
+__all__ = ["set_params", "hydra_to_params", "prepare_repro"]
 
 
 def _has_conf(ws: Workspace) -> bool:
     return os.path.exists(ws.p(CONF_DIR, "config.yaml"))
-
-
-def load_dvc(ws: Workspace, overrides: Sequence[str] = ()) -> tuple[dict[str, Any], Any, Any]:
-    """(config, spec, dag) for a DVC project, like :func:`engine.run.load.load`."""
-    from engine.run.load import check_paths, compose, dag
-
-    if overrides and not _has_conf(ws):
-        raise ConfigError(f"overrides {list(overrides)}: this DVC project's stages read their params files, so a "
-                          "Hydra override would never reach the code; use -S key=value (written into params.yaml)")
-    config = compose(ws, overrides) if _has_conf(ws) else {}
-    spec = load_dvc_project(ws.root)
-    check_paths(ws, spec)
-    return config, spec, dag(ws, spec)
 
 
 def _tracked_keys(spec: DvcPipelineSpec) -> dict[str, list[str | None]]:
