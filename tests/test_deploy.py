@@ -387,7 +387,7 @@ def test_packages_step_in_dag_and_spec_errors(w: W) -> None:
     assert '"gate release" -> "package penguin-classifier" [style=dashed];' in w.ok("dag", "--format", "dot")
     spec = w.root / "pipelines/lifecycle.yaml"
     good = spec.read_text()
-    spec.write_text(good.replace("    model: models/model.pkl\n    version", "    model: models/other.pkl\n    version"))
+    spec.write_text(good.replace("model: models/model.pkl\n    version", "model: models/other.pkl\n    version"))
     text = w.fails("status")
     assert "pipelines/lifecycle.yaml:" in text and "package 'penguin-classifier': field 'model'" in text
     assert "is not an output of any stage" in text

@@ -187,7 +187,8 @@ def check_entries(ctx: Context, part: Sequence[tuple[int, bytes]]) -> Slice:
             where += f" ({'event ' if env.payload_type == EVENT_TYPE else ''}{payload.get('kind', '?')} " \
                      f"{payload.get('subject', '')})"
             details = payload.get("details") or {}
-            for k in ("manifest_sha256", "approval_sha256"):
+            adopted = ("adopted_sha256",) if payload.get("kind") == "dvc.adopted" else ()  # engine.run.dvc_adopt
+            for k in ("manifest_sha256", "approval_sha256", *adopted):
                 if isinstance(details, dict) and details.get(k):
                     out.logged.setdefault(k, {}).setdefault(str(details[k]), (index, str(payload.get("kind"))))
             if payload.get("kind") == "dataset.derived" and isinstance(details, dict):

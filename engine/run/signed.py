@@ -43,8 +43,10 @@ class ProvenanceRepro(Repro):
                 raise LedgerError(f"{e}; nothing was run") from e
         # outputs certus.lock records that no attestation in the ledger covers (a run killed before
         # its record was signed): run them again rather than call them up to date
+        adopted = self._index.logged.get("adopted_sha256", {})  # dvc.lock entries adopted (ledger events)
         self._unattested = {n for n in self.plan_names() if (entry := self.lock.get(n)) is not None
-                            and entry.outs and not self._index.attested(entry.outs)}
+                            and entry.outs and not self._index.attested(entry.outs)
+                            and _adopted_sha256(n, entry.outs) not in adopted}
         self._git = git_state(self.ws.root)
         return super().run()
 
@@ -123,6 +125,12 @@ class ProvenanceRepro(Repro):
                         "parents": list(man.parents), "run_id": result.run_id, "stage": name,
                         "manifest_sha256": sha256_hex(raw)})
                     reg = Registry.load(self.ws.root)
+
+
+def _adopted_sha256(stage: str, outs: dict[str, Any]) -> str:
+    from engine.pipeline.dvc_pipeline import adopted_sha256
+
+    return adopted_sha256(stage, outs)
 
 
 def make_repro(ws: Workspace, opts: ReproOptions, args: argparse.Namespace | None = None) -> Repro:
