@@ -158,28 +158,37 @@ def load_spec_text(text: str, *, path: str, config: Mapping[str, Any]) -> Pipeli
             probs.add(kp, name, None, "stage name generated twice; make foreach items unique")
             continue
         seen.add(name)
+        before = len(probs.items)
         for k in body:
             if k not in STAGE_KEYS:
                 probs.add(kp + (k,), name, str(k), f"unknown key{_suggest(str(k), STAGE_KEYS)}")
         if "cmd" not in body or body["cmd"] in (None, "", []):
             probs.add(kp, name, "cmd", "missing; every stage needs a command")
-        bodies.append((name, body, kp))
-    probs.raise_if_any()
+        if len(probs.items) == before:  # a stage with a structural problem is reported, not interpolated
+            bodies.append((name, body, kp))
 
-    # Interpolate every ${...} against the composed config in one pass.
+    # Interpolate every ${...} against the composed config in one pass; when something does not resolve,
+    # stage by stage, so every stage's problem is reported with the structural ones, all at once.
     vars_ = data.get("vars") or {}
     if not isinstance(vars_, dict):
         probs.add(("vars",), None, "vars", "expected a mapping")
         probs.raise_if_any()
     context = {**config, **vars_}
+
+    def shell(loc: tuple[Any, ...]) -> bool:
+        return loc[1:2] == ("cmd",)
+
     try:
-        resolved = resolve_strings({n: b for n, b, _ in bodies}, context, shell=lambda loc: loc[1:2] == ("cmd",))
-    except InterpolationFailure as e:
-        stage, fld = e.location[0], (e.location[1] if len(e.location) > 1 else None)
-        kp = next((k for n, _, k in bodies if n == stage), ("stages",))
-        probs.add(kp + tuple(e.location[1:2]), stage, fld, f"interpolation '{e.expr}' does not resolve: {e.reason}")
-        probs.raise_if_any()
-        raise  # pragma: no cover - raise_if_any always raises here
+        resolved = resolve_strings({n: b for n, b, _ in bodies}, context, shell=shell)
+    except InterpolationFailure:
+        resolved = {}
+        for n, b, kp in bodies:
+            try:
+                resolved.update(resolve_strings({n: b}, context, shell=shell))
+            except InterpolationFailure as e:
+                fld = e.location[1] if len(e.location) > 1 else None
+                probs.add(kp + tuple(e.location[1:2]), n, fld, f"interpolation '{e.expr}' does not resolve: {e.reason}")
+    probs.raise_if_any()
 
     stages: dict[str, StageSpec] = {}
     config_keys: list[str] | None = None
