@@ -288,6 +288,9 @@ def _parser() -> argparse.ArgumentParser:
     from engine.cli.deploy import register as register_deploy
 
     register_deploy(sub, add)
+    from engine.cli.serve import register as register_serve
+
+    register_serve(sub, add)
     return p
 
 

@@ -120,6 +120,16 @@ def _check_releaser(args: argparse.Namespace, signer: Any) -> None:
                                                                       datetime.now(UTC))
 
 
+def _reference(args: argparse.Namespace) -> dict[str, bytes]:
+    """``reference.json`` (the drift reference) from ``--reference CSV`` or the serving config's
+    ``reference.data``, with the monitor thresholds of the composed policy; {} when neither names data."""
+    if args.no_reference:
+        return {}
+    from engine.serve.packaging import reference_file
+
+    return reference_file(args.directory or ".", args.model, args.serving, args.reference)
+
+
 def cmd_package(args: argparse.Namespace) -> int:
     from engine.release.bundle import PackageRequest, build_bundle, write_tar
 
@@ -138,7 +148,7 @@ def cmd_package(args: argparse.Namespace) -> int:
     req = PackageRequest(model=args.model, name=args.name, version=args.version, out=args.out,
                          license=args.license, serving=args.serving, intended_use=args.intended_use,
                          metrics=_metrics(args.metrics), training=training, gates=gates,
-                         approvals=tuple(evidence.datasets) if evidence else ())
+                         approvals=tuple(evidence.datasets) if evidence else (), extra=_reference(args))
     built = build_bundle(req, signer)
     print(f"packaged {built.path} ({len(built.resources)} files, root sha256 {built.root_digest}); "
           f"signed by releaser '{signer.name}' ({signer.keyid[:16]}…)")
@@ -214,6 +224,9 @@ def register(sub: Any, add: Any) -> None:
     p.add_argument("--run", help="the training run (id, prefix or 'latest') whose record the model card cites")
     p.add_argument("--license", help="license file (default: a placeholder saying none was given)")
     p.add_argument("--serving", help="serving / guardrail config YAML (default: a small template)")
+    p.add_argument("--reference", metavar="CSV", help="training data for the drift reference (reference.json; "
+                   "default: the serving config's reference.data)")
+    p.add_argument("--no-reference", action="store_true", help="package without a drift reference")
     p.add_argument("--intended-use", help="the model card's intended use")
     p.add_argument("--metrics", action="append", help="metrics JSON file for the card (repeatable)")
     p.add_argument("--tar", action="store_true", help="also write a reproducible NAME-VERSION.tar")

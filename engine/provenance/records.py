@@ -41,6 +41,7 @@ EVENT_ROLES = {
     "registry.registered": "deployer",  # a verified bundle became version N of a registered model
     "registry.alias": "deployer",  # an alias moved to a version (a deploy, or a rollback)
     "drift.alert": "trainer",
+    "drift.waiver": "approver",  # an approver accepts a FAILED drift report (engine.provenance.drift_records)
 }
 
 
