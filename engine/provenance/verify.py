@@ -178,6 +178,10 @@ def _verify_ledger(ws: Workspace, prov: Any, trust: TrustStore, ldir: str, repor
         from engine.provenance.verify_gates import verify_gates
 
         verify_gates(entries, report)
+    if entries.drift_entries:
+        from engine.provenance.verify_drift import verify_drift
+
+        verify_drift(entries, report)
     if run is None:
         from engine.provenance.verify_datasets import verify_datasets
 

@@ -133,17 +133,18 @@ def parse_request(body: Any, cfg: ServingConfig) -> tuple[int, dict[str, list[An
 
 @dataclass
 class RateLimiter:
-    """Per-client fixed-window limit (the ``limits`` library, in-process storage)."""
+    """Per-client moving-window limit (the ``limits`` library, in-process storage): exact, so a burst that
+    straddles a window boundary cannot get twice the limit through."""
 
     rate: str
 
     def __post_init__(self) -> None:
         from limits import parse
         from limits.storage import MemoryStorage
-        from limits.strategies import FixedWindowRateLimiter
+        from limits.strategies import MovingWindowRateLimiter
 
         self.item = parse(self.rate)
-        self.limiter = FixedWindowRateLimiter(MemoryStorage())
+        self.limiter = MovingWindowRateLimiter(MemoryStorage())
 
     def check(self, client: str) -> None:
         if self.limiter.hit(self.item, client):
