@@ -14,9 +14,8 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 import lifecycle_fixture as lf
+import pytest
 
 pytestmark = pytest.mark.integration
 

@@ -213,7 +213,7 @@ def register(sub: Any, add: Any) -> None:
                        description="compare a deployment's telemetry window with the reference and thresholds its "
                                    "bundle carries; a breach writes a signed drift report to the ledger and exits 3")
     m.add_argument("ref", metavar="NAME@ALIAS")
-    m.add_argument("--since", default="1h", help="window: 90s, 30m, 1h, 2d (default 1h)")
+    m.add_argument("--since", default="1h", help="window: 90s, 30m, 1h, 2d, or since an RFC 3339 time (default 1h)")
     m.add_argument("--json", action="store_true")
     m.add_argument("--watch", action="store_true", help="keep checking every --interval seconds")
     m.add_argument("--interval", type=float, default=60.0)

@@ -37,12 +37,19 @@ class Result:
 
 
 def parse_since(text: str | None, now: float) -> float | None:
-    """``30m``, ``1h``, ``2d``, ``90s`` before now; None: all of it."""
+    """``30m``, ``1h``, ``2d``, ``90s`` before now, or an RFC 3339 time; None: all of it."""
     if not text:
         return None
     m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
     if not m:
-        raise ServeError(f"--since {text!r}: expected a duration such as 90s, 30m, 1h or 2d")
+        from datetime import UTC, datetime
+
+        try:
+            t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ServeError(f"--since {text!r}: expected a duration such as 90s, 30m, 1h or 2d, or an RFC 3339 "
+                             "time") from None
+        return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
     return now - float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
