@@ -1,5 +1,5 @@
 """CLI: ``certus serve`` (a verified deployment over the Open Inference Protocol) and ``certus monitor``
-(drift and health against the bundle's thresholds; signed drift reports; waivers; retrain proposals)."""
+(drift and health against the bundle's thresholds; signed drift reports; waivers)."""
 
 from __future__ import annotations
 
@@ -174,10 +174,6 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     prov = _prov(args)
     if args.waive:
         return _waive(args, prov)
-    if args.propose_retrain:
-        from engine.serve.retrain import propose
-
-        return propose(args, prov)
     if not args.watch:
         return _one_pass(args, prov)
     worst = 0
@@ -220,8 +216,6 @@ def register(sub: Any, add: Any) -> None:
     m.add_argument("--record", action="store_true", help="also sign a passing pass (a re-evaluation)")
     m.add_argument("--waive", metavar="SHA256", help="approver: waive the FAILED drift report with this digest")
     m.add_argument("--reason", help="the waiver's rationale")
-    m.add_argument("--propose-retrain", action="store_true",
-                   help="register the window's inputs as a new dataset version awaiting approval")
     m.add_argument("--registry", metavar="DIR")
     m.add_argument("--telemetry", metavar="FILE")
     m.add_argument("--key", help="signing key (trainer for reports, approver for --waive)")

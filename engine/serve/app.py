@@ -87,6 +87,7 @@ class _State:
         self.metrics = _Metrics()
         self.watch = AliasWatch(self.prov.ws.root)
         self.headers: dict[str, str] = {}
+        self.batcher = _Batcher()
 
     def install(self, dep: Deployment) -> None:
         cfg = dep.cfg
@@ -105,6 +106,45 @@ class _State:
         self.headers = {"x-certus-model-version": str(dep.version), "x-certus-bundle-digest":
                         f"sha256:{dep.bundle_root}"}
         self.metrics.version.set(dep.version)
+
+
+class _Batcher:
+    """Adaptive micro-batching: requests that are ready in the same event-loop turn share one predict call
+    (per-call overhead dominates a small model's cost; MLServer batches the same way)."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Any, Any, asyncio.Future[Any]]] = []
+
+    def submit(self, dep: Deployment, X: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        if not self.pending:
+            loop.call_soon(self.flush)
+        self.pending.append((dep, X, fut))
+        return fut
+
+    def flush(self) -> None:
+        import numpy as np
+
+        items, self.pending = self.pending, []
+        groups: dict[int, list[tuple[Any, Any, asyncio.Future[Any]]]] = {}
+        for item in items:
+            groups.setdefault(id(item[0]), []).append(item)  # a hot swap mid-turn: each version apart
+        for group in groups.values():
+            try:
+                X = group[0][1] if len(group) == 1 else np.vstack([x for _, x, _ in group])
+                classes, conf = group[0][0].model.predict(X)
+            except Exception as e:  # noqa: BLE001 - each waiting request answers with it
+                for *_, fut in group:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            start = 0
+            for _, x, fut in group:
+                n = len(x)
+                if not fut.done():
+                    fut.set_result((classes[start:start + n], conf[start:start + n]))
+                start += n
 
 
 def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -157,7 +197,7 @@ def create_app(opts: ServeOptions | None = None) -> Starlette:
         import numpy as np
 
         X = np.array([cols[f] for f in cfg.features], dtype=float).T
-        classes, conf = dep.model.predict(X)
+        classes, conf = await st.batcher.submit(dep, X)
         floor = cfg.min_confidence
         abstain = [c < floor for c in conf]
         labels = [("" if a else dep.model.label(k)) for k, a in zip(classes, abstain)]

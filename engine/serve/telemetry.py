@@ -136,22 +136,35 @@ class SQLiteStore:
             args.append(until)
         cond = " AND ".join(where)
         w = Window()
-        req = self.db.execute(f"SELECT ts, status, latency_ms, refusal, rows, abstained FROM requests WHERE {cond}",
-                              args).fetchall()
-        names = ("ts", "status", "latency_ms", "refusal", "rows", "abstained")
-        cols = list(zip(*req)) if req else [()] * len(names)
-        for n, c in zip(names, cols):
-            w.requests[n] = np.asarray(c, dtype=object if n == "refusal" else float)
         self._cols = self._columns()
-        extra = "".join(f", {_q(n)}" for n in self._cols)
-        inp = self.db.execute(f"SELECT ts, pred, conf, abstained{extra} FROM inputs WHERE {cond}", args).fetchall()
-        names2 = ("ts", "pred", "conf", "abstained", *self._cols)
-        cols2 = list(zip(*inp)) if inp else [()] * len(names2)
-        for n, c in zip(names2, cols2):
-            w.inputs[n] = np.asarray(c, dtype=object if n == "pred" else None)
+        # numbers in one query each, converted by numpy in C; text columns on their own
+        num = ("ts", "status", "latency_ms", "rows", "abstained")
+        w.requests.update(self._numeric(f"SELECT {', '.join(num)} FROM requests WHERE {cond}", args, num))
+        w.requests["refusal"] = np.asarray([r[0] for r in self.db.execute(
+            f"SELECT refusal FROM requests WHERE {cond}", args)], dtype=object)
+        names = ("ts", "conf", "abstained", *self._cols)
+        sql = ", ".join(("ts", "conf", "abstained", *(_q(n) for n in self._cols)))
+        try:
+            w.inputs.update(self._numeric(f"SELECT {sql} FROM inputs WHERE {cond}", args, names))
+        except (TypeError, ValueError):  # a text input column: column by column
+            for n, q in zip(names, ("ts", "conf", "abstained", *(_q(n) for n in self._cols))):
+                vals = [r[0] for r in self.db.execute(f"SELECT {q} FROM inputs WHERE {cond}", args)]
+                try:
+                    w.inputs[n] = np.asarray(vals, dtype=float)
+                except (TypeError, ValueError):
+                    w.inputs[n] = np.asarray(vals, dtype=object)
+        w.inputs["pred"] = np.asarray([r[0] for r in self.db.execute(f"SELECT pred FROM inputs WHERE {cond}", args)],
+                                      dtype=object)
         if len(w.requests["ts"]):
             w.first, w.last = float(w.requests["ts"].min()), float(w.requests["ts"].max())
         return w
+
+    def _numeric(self, sql: str, args: list[Any], names: Sequence[str]) -> dict[str, Any]:
+        import numpy as np
+
+        rows = self.db.execute(sql, args).fetchall()
+        a = np.array(rows, dtype=float).reshape(len(rows), len(names))  # None -> nan
+        return {n: a[:, i].copy() for i, n in enumerate(names)}
 
     def close(self) -> None:
         self.db.close()
