@@ -67,6 +67,12 @@ stages:
     deps: [model-a.txt]
     metrics:
       - metrics.json: {cache: false}
+artifacts:
+  model-a:
+    path: model-a.txt
+    type: model
+    desc: the model trained on item a
+    labels: [demo]
 """
 
 SUB_YAML = """\
@@ -268,7 +274,8 @@ def test_missing_dvc_source_says_dvc_pull(proj: Path) -> None:
 
 
 def test_every_problem_in_every_file_at_once(proj: Path) -> None:
-    (proj / "dvc.yaml").write_text(DVC_YAML + "  bad:\n    cmd: echo ${nope}\n    outz: [x]\n")
+    bad = "  bad:\n    cmd: echo ${nope}\n    outz: [x]\nartifacts:"
+    (proj / "dvc.yaml").write_text(DVC_YAML.replace("artifacts:", bad))
     (proj / "sub/dvc.yaml").write_text("stages:\n  a:\n    cmd: echo 1\n  a:\n    cmd: echo 2\n")
     code, out, err = certus(proj, "status")
     assert code != 0 and "Traceback" not in err
@@ -308,6 +315,13 @@ def test_signed_adoption_is_an_event_not_an_execution(proj: Path) -> None:
         assert code == 0, out + err
         code, out, err = certus(proj, "repro", "--json")  # the ledger knows them: still nothing to run
         assert {s["state"] for s in json.loads(out)["stages"].values()} == {"skipped"}, err
+        # `artifacts:` are recorded in the signed run record, with their digest, and shown by lineage
+        code, out, err = certus(proj, "lineage", "model-a.txt")
+        assert code == 0 and "artifact model-a (model)" in out.splitlines()[0], out + err
+        code, out, err = certus(proj, "lineage", "model-a.txt", "--json")
+        art = json.loads(out)["nodes"]["model-a.txt"]["artifact"]
+        assert (art["type"], art["labels"], art["digest"]) == ("model", ["demo"],
+                                                                json.loads(out)["nodes"]["model-a.txt"]["digest"])
     finally:
         os.environ.pop("CERTUS_KEY_PASSPHRASE", None)
 

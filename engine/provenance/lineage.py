@@ -35,6 +35,28 @@ def _owner(path: str, producers: dict[str, tuple[str, dict[str, Any]]]) -> str |
     return None
 
 
+def _artifacts(ws: Workspace) -> dict[str, dict[str, Any]]:
+    """Path -> the newest run record's DVC artifact entry naming it (name, type, desc, labels, run)."""
+    from engine.provenance.recorder import Provenance
+    from engine.provenance.records import RUN_TYPE
+
+    prov = Provenance(ws)
+    found: dict[str, dict[str, Any]] = {}
+    if not prov.enabled:
+        return found
+    try:
+        items = list(prov.items())
+    except Exception:  # noqa: BLE001 - lineage still works from the lock alone
+        return found
+    for item in items:
+        if item.envelope is None or item.envelope.payload_type != RUN_TYPE or not item.payload:
+            continue
+        for name, a in (item.payload.get("artifacts") or {}).items():
+            if isinstance(a, dict) and a.get("path"):
+                found[str(a["path"])] = {**a, "name": name, "run": item.payload.get("run_id")}
+    return found
+
+
 def _runs_by_digest(ws: Workspace) -> dict[str, str]:
     from engine.provenance.recorder import Provenance
     from engine.provenance.records import RUN_TYPE
@@ -102,6 +124,9 @@ def lineage_graph(ws: Workspace, path: str) -> dict[str, Any]:
                                 "source": m.source, "sensitivity": m.sensitivity, "parents": list(m.parents),
                                 "approved_by": (hit.approval or {}).get("approver"),
                                 "approval": m.approval, "produced_by": dict(m.produced_by or {}) or None}
+    for p, a in _artifacts(ws).items():
+        if p in nodes and a.get("digest") in (None, nodes[p].get("digest")):
+            nodes[p]["artifact"] = a
     return {"target": norm, "nodes": nodes, "edges": sorted(set(edges))}
 
 
@@ -141,8 +166,10 @@ def lineage(ws: Workspace, path: str, *, mermaid: bool = False, as_json: bool = 
             return
         run = f", run {n['run']}" if n.get("run") else ""
         params = ", ".join(f"{k}={v}" for k, v in sorted(n["params"].items()))
+        art = n.get("artifact")
+        tag = f"  artifact {art['name']} ({art.get('type') or 'untyped'})" if art else ""
         out.append(f"{pad}{p}  [{n['digest'][:19]}…] <- stage '{n['stage']}'{run}" + (f" ({params})" if params else "")
-                   + ds(n))
+                   + ds(n) + tag)
         if p in seen:
             return
         for dep in sorted(n["deps"]):

@@ -70,9 +70,12 @@ class RunRecord:
     merkle_root: str
     previous: str | None
     failed: Sequence[str] = field(default_factory=tuple)
+    # DVC `artifacts:` (name -> {path, type, desc, labels, meta, digest}): written only when a project declares them
+    artifacts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        extra = {"artifacts": {k: dict(v) for k, v in sorted(self.artifacts.items())}} if self.artifacts else {}
+        return {**extra,
             "_type": "https://certus.dev/RunRecord/v1",
             "run_id": self.run_id, "started": self.started, "finished": self.finished, "status": self.status,
             "git": dict(self.git), "config": dict(self.config), "overrides": list(self.overrides),
@@ -88,7 +91,7 @@ class RunRecord:
                    git=d["git"], config=d["config"], overrides=d["overrides"], pipeline=d["pipeline"],
                    spec_sha256=d["spec_sha256"], lock_sha256=d["lock_sha256"], stages=d["stages"],
                    attestations=d["attestations"], merkle_root=d["merkle_root"], previous=d["previous"],
-                   failed=d.get("failed", ()))
+                   failed=d.get("failed", ()), artifacts=d.get("artifacts") or {})
 
 
 @dataclass(frozen=True, slots=True)

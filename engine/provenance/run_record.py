@@ -118,6 +118,7 @@ def record_run(prov: Any, rep: Any, result: Any, git: Mapping[str, Any],
         attestations=[{"stage": n, "sha256": digests[n], "path": rel_bundle} for n, _ in envelopes],
         merkle_root=attestation_root([e for _, e in envelopes]), previous=prov.previous_run_hash(),
         failed=sorted(n for n, o in result.outcomes.items() if o.state == "failed"),
+        artifacts=_artifacts(rep.spec, result),
     )
     def committed(done: list[tuple[int, bytes]]) -> None:
         (at, data), = done
@@ -127,3 +128,24 @@ def record_run(prov: Any, rep: Any, result: Any, git: Mapping[str, Any],
 
     prov.append_records([(RUN_TYPE, record.to_dict(), "trainer")], on_commit=committed)
     return record
+
+
+def _artifacts(spec: Any, result: Any) -> dict[str, dict[str, Any]]:
+    """A DVC project's declared ``artifacts:`` with the digest this run left each at (for lineage)."""
+    import posixpath
+
+    outs: dict[str, str] = {}
+    for oc in result.outcomes.values():
+        for path, rec in (getattr(oc, "outs", None) or {}).items():
+            outs[path] = rec.get("digest") if isinstance(rec, dict) else rec
+    found: dict[str, dict[str, Any]] = {}
+    for f in getattr(spec, "files", ()):
+        base = posixpath.dirname(f.path)
+        for name, a in (f.artifacts or {}).items():
+            if not isinstance(a, dict) or not a.get("path"):
+                continue
+            path = posixpath.normpath(posixpath.join(base, str(a["path"])))
+            found[name if not base else f"{base}/dvc.yaml:{name}"] = {
+                "path": path, "type": a.get("type"), "desc": a.get("desc"), "labels": list(a.get("labels") or []),
+                "meta": a.get("meta"), "digest": outs.get(path)}
+    return found
