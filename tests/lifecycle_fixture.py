@@ -21,7 +21,9 @@ NAME = "penguin-classifier"
 def env_for(base: Path) -> dict[str, str]:
     return {**os.environ, "CERTUS_HOME": str(base / "home"), "CERTUS_KDF_FAST": "1", "HOME": str(base),
             "GIT_AUTHOR_NAME": "T", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "T", "GIT_COMMITTER_EMAIL": "t@e",
-            "PYTHONPATH": str(REPO)}
+            "PYTHONPATH": str(REPO),
+            # stages run `python`: this interpreter's, as conftest's workspaces do (not whatever PATH finds first)
+            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
 
 
 def certus(base: Path, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
