@@ -83,7 +83,7 @@ class DaskExecutor:
                 with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
                     self.cluster = distributed.LocalCluster(
                         n_workers=n, threads_per_worker=max(1, math.ceil(self.jobs / n)), processes=True,
-                        host="127.0.0.1", dashboard_address=None,
+                        host="127.0.0.1", dashboard_address=":0",
                         resources={"cpus": max(1, cores // n)})
                 self.client = distributed.Client(self.cluster, set_as_default=False)
         except (OSError, TimeoutError) as e:
@@ -162,7 +162,7 @@ class DaskExecutor:
             res = JobResult(job.name, -1, time.time(), time.time(), job.log_path, error=f"executor: {e}")
         with self._lock:
             self._pending.pop(fut.key, None)
-        if res.error and attempt < job.retries and not self._stopping:
+        if (res.returncode != 0 or res.error) and attempt < job.retries and not self._stopping:
             self.warn(f"[certus] stage '{job.name}' failed on Dask ({res.error}); retry {attempt + 1} of "
                       f"{job.retries} (its 'retries:')")
             self._clear_outs(job)
