@@ -235,16 +235,27 @@ def test_a_worker_lost_mid_stage_fails_that_stage_and_only_it_runs_again(ws: Any
     pids: list[int] = []
 
     def kill_worker() -> None:
-        pids.extend(_wait_for(ws.root / "pids/slow"))
-        running = {a: keys for a, keys in cluster.processing().items() if any("-slow-" in str(k) for k in keys)}
-        [worker] = running
-        os.kill(cluster.run(os.getpid, workers=[worker])[worker], signal.SIGKILL)  # the worker running 'slow'
+        try:
+            pids.extend(_wait_for(ws.root / "pids/slow"))
+            deadline = time.time() + 20
+            while time.time() < deadline:
+                running = [a for a, keys in cluster.processing().items() if any("-slow-" in str(k) for k in keys)]
+                if running:
+                    break
+                time.sleep(0.05)
+            [worker] = running
+            os.kill(cluster.run(os.getpid, workers=[worker])[worker], signal.SIGKILL)  # the worker running 'slow'
+        except BaseException as e:
+            pids.append(-1)
+            (ws.root / "HOLD-slow").unlink()
+            raise AssertionError("could not kill the worker") from e
 
     killer = threading.Thread(target=kill_worker)
     killer.start()
     rc = ws.certus("repro", "--scheduler", addr)
     killer.join()
     err = _err(capsys)
+    assert -1 not in pids, err
     assert rc == 1, err
     assert "stage 'slow' failed: its Dask worker was lost mid-stage" in err
     assert "quick" in ws.lock()["stages"] and "slow" not in ws.lock()["stages"]

@@ -56,6 +56,9 @@ def _sweep_orphans() -> None:
 
     with contextlib.suppress(FileNotFoundError):
         for fn in os.listdir(_REGISTRY):
+            pid, _, rest = fn.partition("-")
+            if not pid.isdigit() or not rest.endswith(".json") or os.path.exists(f"/proc/{pid}"):
+                continue  # a record being written, or its worker is alive (a reused pid is checked below)
             path = os.path.join(_REGISTRY, fn)
             try:
                 with open(path) as f:
@@ -65,7 +68,8 @@ def _sweep_orphans() -> None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     if _alive(rec["pgid"], rec.get("start")):
                         os.killpg(rec["pgid"], signal.SIGKILL)
-                kill_tagged(rec["token"], everywhere=True)
+                if rec.get("token"):
+                    kill_tagged(rec["token"], everywhere=True)
             except (OSError, ValueError, KeyError, TypeError):
                 pass
             with contextlib.suppress(OSError):
@@ -82,10 +86,13 @@ def _register(path: str, local: Any, groups: list[dict[str, int]]) -> None:
     tokens = list(local._tokens.values())  # the sandbox's tag on every process of the stage
     rec = {"worker_pid": os.getpid(), "worker_start": proc_start_time(os.getpid()), "pgid": groups[0]["pgid"],
            "start": groups[0]["start"], "token": tokens[0] if tokens else ""}
-    os.makedirs(_REGISTRY, mode=0o700, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(rec, f)
-    os.replace(path + ".tmp", path)
+    try:
+        os.makedirs(_REGISTRY, mode=0o700, exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(rec, f)
+        os.replace(path + ".tmp", path)
+    except OSError:  # no registry: a worker killed outright may leave this stage's processes behind
+        pass
 
 
 def _first_start(key: str, run_id: str) -> int:
