@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/bench_dask.py [--chain 40] [--many 1000] [--fanout 8] [--skip-many]
 
-A LocalCluster (loopback, worker processes, one thread each) is started before any timing,
-as an existing cluster would be, and repro is pointed at it with ``--scheduler``.
+A LocalCluster (loopback, worker processes, one thread each) is started before any timing, in
+a child process, as an existing cluster would be, and repro is pointed at it with ``--scheduler``.
 
 1. Dispatch overhead: a chain of ``--chain`` stages running ``echo`` (each waits for the
    previous one, so nothing overlaps); wall time per stage, local ``-j 1`` vs Dask (shared
@@ -83,12 +83,15 @@ def flat(n: int, cmd: str) -> dict[str, tuple[str, list[str]]]:
     return {f"s{i:04d}": (cmd.format(name=f"s{i:04d}"), []) for i in range(n)}
 
 
-def cluster(workers: int) -> tuple[object, str]:
-    import distributed
-
-    c = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                 dashboard_address=":0")
-    return c, c.scheduler_address
+def cluster(workers: int) -> tuple[subprocess.Popen[str], str]:
+    """A LocalCluster in a child process (its scheduler off this process's GIL, as a real one is)."""
+    code = ("import os, sys, distributed; c = distributed.LocalCluster(n_workers=int(sys.argv[1]), "
+            "threads_per_worker=1, processes=True, host='127.0.0.1', dashboard_address=':0'); "
+            "print(c.scheduler_address, flush=True); sys.stdin.read(); c.close()")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(workers)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
 
 
 def noop_roundtrip(addr: str, n: int = 40) -> float:
@@ -162,7 +165,7 @@ def run(args: argparse.Namespace) -> None:
     finally:
         for c in (two, one):
             with contextlib.suppress(Exception):
-                c.close()  # type: ignore[attr-defined]
+                c.communicate("", timeout=30)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

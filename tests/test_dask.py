@@ -146,7 +146,8 @@ def test_staged_mode_workers_never_read_the_workspace(diamond: Any, addr: str, c
     assert "ran 5, restored 0" in err
     assert diamond.runs() == []  # runs.log was written in each worker's scratch directory, not here
     assert diamond.read("out/d.txt").count("input v1") == 2
-    assert not list((store / "incoming").rglob("*.txt"))  # uploads are removed once ingested
+    assert list((store / "incoming").iterdir()) == []  # uploads are removed once ingested
+    assert len([p for p in store.rglob("*") if p.is_file()]) == 7  # step.py, in.txt and the five outputs
     staged_lock = (diamond.root / "certus.lock").read_bytes()
     assert diamond.certus("repro", "-f", "--no-run-cache", "--executor", "local") == 0
     assert (diamond.root / "certus.lock").read_bytes() == staged_lock

@@ -64,6 +64,7 @@ class DaskExecutor:
         self._pending: dict[str, Any] = {}  # task key -> Dask future, until its result is handled
         self._post = ThreadPoolExecutor(max_workers=1, thread_name_prefix="certus-dask-ingest")
         self._stopping = False
+        self._notes: set[str] = set()
         self._fits: dict[tuple[tuple[str, float], ...], str] = {}
         self._all_outs = frozenset(all_outs)  # every output of the pipeline (absolute paths)
 
@@ -151,7 +152,16 @@ class DaskExecutor:
                                  resources=dict(job.resources) or None)
         with self._lock:
             self._pending[key] = fut
-        fut.add_done_callback(lambda f: self._post.submit(self._done, f, job, out, attempt))
+        fut.add_done_callback(lambda f: self._hand_over(f, job, out, attempt))
+
+    def _hand_over(self, fut: Any, job: StageJob, out: Future[JobResult], attempt: int) -> None:
+        """From Dask's callback thread to ours (results are handled one at a time, in order)."""
+        try:
+            self._post.submit(self._done, fut, job, out, attempt)
+        except RuntimeError:  # shut down after an interrupt: nothing is ingested any more
+            if not out.done():
+                now = time.time()
+                out.set_result(JobResult(job.name, -signal.SIGTERM, now, now, job.log_path))
 
     # -- results ---------------------------------------------------------------------------
 
@@ -185,11 +195,15 @@ class DaskExecutor:
             first = (str(e).splitlines() or [""])[0][:300]
             return JobResult(job.name, -1, now, now, job.log_path, error=f"the Dask task failed: "
                                                                           f"{type(e).__name__}: {first}")
+        if self._stopping:  # interrupted: nothing a worker sends is placed in the workspace any more
+            return JobResult(job.name, -signal.SIGTERM, r.get("started", now), r.get("finished", now), job.log_path)
         error = r.get("error", "")
         if r.get("lost"):
             error += "; run 'certus repro' again"
         for note in r.get("notes", ()):
-            self.warn(f"[certus] worker {r.get('claim', {}).get('worker', '?')}: {note}")
+            if note not in self._notes:  # e.g. "no Landlock": once per run, not once per stage
+                self._notes.add(note)
+                self.warn(f"[certus] worker {r.get('claim', {}).get('worker', '?')}: {note}")
         if self._staging is not None:
             if "log" in r:
                 os.makedirs(os.path.dirname(job.log_path), exist_ok=True)
