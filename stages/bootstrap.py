@@ -3,8 +3,9 @@
 1. export the raw data (the Palmer Penguins table the palmerpenguins package ships, missing values
    and all) to data/raw/penguins.csv;
 2. create three demo keys in $CERTUS_HOME/keys (default ~/.certus/keys) if they are missing:
-   a data steward, an approver (a different person) and a trainer that also signs ledger
-   checkpoints and is the workspace's admin (once the ledger exists, trusting or revoking a key
+   a data steward, an approver (a different person), a releaser (ECDSA P-256: signs model bundles),
+   a deployer (moves registry aliases) and a trainer that also signs ledger checkpoints and is the
+   workspace's admin (once the ledger exists, trusting or revoking a key
    is a ledger record an admin key signs). They are UNENCRYPTED demo keys: real keys are
    generated with a passphrase (certus keys generate without --unencrypted), and a real admin
    key is kept apart from the one CI trains with;
@@ -25,7 +26,9 @@ from engine.provenance.recorder import keys_dir
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAW = "data/raw/penguins.csv"
 NAME = "penguins-raw"
-KEYS = (("demo-steward", "data-steward"), ("demo-approver", "approver"), ("demo-trainer", "trainer"))
+KEYS = (("demo-steward", "data-steward"), ("demo-approver", "approver"), ("demo-trainer", "trainer"),
+        ("demo-releaser", "releaser"), ("demo-deployer", "deployer"))
+ECDSA = {"releaser"}  # OMS bundles are signed with ECDSA P-256 (the pipeline's `packages:` step uses this key)
 EXTRA_ROLES = {"trainer": ("ledger", "admin")}
 
 
@@ -46,7 +49,8 @@ def run() -> None:
     make_private_dir(keys_dir())
     for name, role in KEYS:
         if not os.path.exists(os.path.join(keys_dir(), f"{name}.key")):
-            certus("keys", "generate", "--name", name, "--role", role, "--unencrypted")
+            kind = ("--type", "ecdsa-p256") if role in ECDSA else ()
+            certus("keys", "generate", "--name", name, "--role", role, *kind, "--unencrypted")
     for name, role in KEYS:
         roles = [arg for r in (role, *EXTRA_ROLES.get(role, ())) for arg in ("--role", r)]
         certus("keys", "trust", os.path.join(keys_dir(), f"{name}.pub"), *roles)

@@ -95,6 +95,8 @@ def test_penguins_lifecycle_end_to_end(ws: Any, tmp_path: Path, monkeypatch: pyt
     ws.commit("governance: trust.json, the raw dataset's manifest and approval")
 
     assert ws.certus("repro") == 0
+    # the pipeline's last step packaged and released the gated model (README: package -> verify -> deploy)
+    assert ws.certus("bundle", "verify", "dist/penguin-classifier-1.0.0") == 0
     curate = json.loads(ws.read("metrics/curate.json"))
     assert (curate["rows_in"], curate["rows_out"]) == (344, 333)
     assert curate["missing"] == {"strategy": "drop", "rows_dropped": 11, "by_column": {
@@ -127,7 +129,10 @@ def test_penguins_lifecycle_end_to_end(ws: Any, tmp_path: Path, monkeypatch: pyt
         k: v for k, v in by_sex.items() if k != "fairness"}
 
     # the other model config trains and evaluates too (its intervals are not degenerate)
-    assert ws.certus("repro", "model=gbt") == 0
+    assert ws.certus("repro", "model=gbt") != 0  # packaging refuses to reuse version 1.0.0 for another model
+    assert "a version is never reused: bump it" in capsys.readouterr().err
+    assert ws.certus("repro", "model=gbt", "package.version=1.1.0") == 0
+    assert (ws.root / "dist/penguin-classifier-1.1.0/model.sig").is_file()
     gbt = json.loads(ws.read("metrics/eval.json"))
     check_eval(gbt, "sex", {"female", "male"})
     assert gbt != by_sex

@@ -186,3 +186,23 @@ def test_duplicate_key_names_both_lines():
 def test_env_names_and_nul_checked():
     assert "field 'env'" in _err('stages:\n  a:\n    cmd: x\n    env: {"A B": 1}\n')
     assert "contains a NUL byte" in _err('stages:\n  a:\n    cmd: "x\\0y"\n')
+
+
+def test_structural_and_interpolation_problems_arrive_in_one_error():
+    msg = _err("""
+stages:
+  a:
+    cmd: python a.py ${nope.x}
+  b:
+    cmdd: python b.py
+  c:
+    cmd: python c.py ${train.missing}
+  d:
+    cmd: python d.py
+    outz: [x]
+""")
+    lines = msg.splitlines()
+    assert len(lines) == 5, msg  # a: interpolation; b: no cmd + unknown key; c: interpolation; d: unknown key
+    assert "stage 'a': field 'cmd': interpolation 'python a.py ${nope.x}' does not resolve" in lines[0]
+    assert "stage 'b': field 'cmd': missing" in lines[1] and "stage 'b': field 'cmdd'" in lines[2]
+    assert "stage 'c': field 'cmd': interpolation" in lines[3] and "stage 'd': field 'outz'" in lines[4]

@@ -44,6 +44,8 @@ def refuse_tracked_outputs(spec: PipelineSpec, names: Iterable[str], root: str) 
     for name in names:
         st = spec.stages[name]
         for o in st.all_outs:
+            if o in getattr(st, "uncached", ()):  # DVC's `cache: false`: git keeps it, as DVC intends
+                continue
             if o in tracked:
                 what = f"'{o}' is a file git tracks"
             elif o in dirs:

@@ -43,6 +43,9 @@ def cmd_repro(args: argparse.Namespace) -> int:
 
     targets, overrides = _split_overrides(args.args)
     ws = _workspace(args)
+    from engine.cli.dvc_front import before_repro
+
+    before_repro(ws, args, overrides)  # a DVC project: -S into its params files, dvc.lock adoption
     if args.multirun:
         from engine.adapters.hydra import expand_sweep
 
@@ -127,7 +130,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     names = dag.select(targets) if targets else dag.order()
     state = StatCache(os.path.join(ws.dot, "state.db"))
     hasher = Hasher(ws.root, state=state)
-    rows = workspace_status([spec[n] for n in names], hasher, LockFile.load(ws.lock_path))
+    from engine.cli.dvc_front import status_lock
+
+    lock = status_lock(ws, spec, hasher, LockFile.load(ws.lock_path), names)  # + what dvc.lock proves
+    rows = workspace_status([spec[n] for n in names], hasher, lock)
     state.flush()
     stale = [r for r in rows if r.stale]
     if args.json:
@@ -256,6 +262,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: "
                    "certus.executor.scheduler, else a LocalCluster started for the run)")
     r.add_argument("--key", help="trainer key (name in the key directory, or a .key path); default: CERTUS_KEY")
+    r.add_argument("-S", "--set-param", dest="set_params", action="append", metavar="[FILE:]KEY=VALUE",
+                   help="DVC project: write KEY=VALUE into the params file the stages read (like dvc exp run -S)")
 
     s = add("status", "what is stale and why (read-only)", cmd_status)
     s.add_argument("args", nargs="*", metavar="TARGET|OVERRIDE")
@@ -291,6 +299,12 @@ def _parser() -> argparse.ArgumentParser:
     from engine.cli.release import register as register_release
 
     register_release(sub, add)
+    from engine.cli.deploy import register as register_deploy
+
+    register_deploy(sub, add)
+    from engine.cli.dvc_front import register as register_dvc
+
+    register_dvc(sub, add)
     return p
 
 

@@ -5,94 +5,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from engine.errors import BundleVerificationError, EngineError, KeyError_, ReleaseError
+from engine.errors import BundleVerificationError, KeyError_, ReleaseError
 
 __all__ = ["register"]
-
-
-def _signer(name: str) -> Any:
-    from engine.adapters.release_keys import is_pem_private_key, load_ecdsa_signer
-    from engine.provenance.recorder import keys_dir
-
-    path = name if (os.sep in name or name.endswith(".key")) else os.path.join(keys_dir(), f"{name}.key")
-    if not os.path.exists(path):
-        raise KeyError_(f"key file {path}: not found (certus keys generate --name {name} --role releaser "
-                        "--type ecdsa-p256)")
-    if not is_pem_private_key(path):
-        raise ReleaseError(f"key file {path}: an Ed25519 key; OMS bundles need an ECDSA P-256 releaser key "
-                           "(certus keys generate --type ecdsa-p256 --role releaser)")
-    return load_ecdsa_signer(path)
-
-
-def _training(args: argparse.Namespace) -> dict[str, Any] | None:
-    """The run record (from the ledger) and its stage statements, for the model card."""
-    if not args.run:
-        return None
-    from engine.provenance.dsse import Envelope
-    from engine.provenance.recorder import Provenance
-    from engine.provenance.records import RUN_TYPE
-    from engine.release.card import run_section
-    from engine.store.workspace import Workspace
-
-    prov = Provenance(Workspace.discover(args.directory or "."))
-    hits = [i for i in prov.items() if i.envelope is not None and i.envelope.payload_type == RUN_TYPE and i.payload
-            and (args.run == "latest" or str(i.payload.get("run_id", "")).startswith(args.run))]
-    if not hits:
-        raise ReleaseError(f"run '{args.run}': not in the ledger; see 'certus log'")
-    item = hits[-1]
-    statements = []
-    try:
-        with open(prov.attestation_path(item.payload["run_id"]), "rb") as f:
-            for line in f:
-                if line.strip():
-                    statements.append(json.loads(Envelope.from_json_bytes(line.strip()).payload))
-    except (OSError, ValueError, EngineError):
-        pass  # the card then says less; `certus verify` is where a broken attestation bundle is named
-    return run_section(item.payload, ledger_index=item.index,
-                       record_sha256=hashlib.sha256(item.envelope.to_json_bytes()).hexdigest(),
-                       attestations=statements)
-
-
-def _gates(args: argparse.Namespace, training: dict[str, Any] | None) -> tuple[dict[str, Any], ...]:
-    """The run's gate results, each passed or validly waived; packaging is refused otherwise.
-
-    Packaging is gated: a model from a run whose gate failed, or needs review with no valid
-    waiver, is not released. Each result and waiver is cited by the digest of its signed record.
-    """
-    if not training or not training.get("run_id"):
-        return ()
-    from datetime import datetime
-
-    from engine.gates.book import GateBook
-    from engine.provenance.recorder import Provenance
-    from engine.store.workspace import Workspace
-
-    run_id = str(training["run_id"])
-    book = GateBook.load(Provenance(Workspace.discover(args.directory or ".")))
-    latest: dict[str, Any] = {}
-    for rec in book.for_run(run_id):
-        latest[str(rec.detail.get("gate"))] = rec  # the newest result of each gate
-    out = []
-    now = datetime.now(UTC)
-    for gate, rec in sorted(latest.items()):
-        ok, why = book.standing(rec, now)
-        if not ok:
-            raise ReleaseError(f"run {run_id}: not packaged: {why}")
-        covered, _ = book.coverage(rec, now)
-        out.append({"gate": gate, "result": rec.result, "sha256": rec.sha256, "ledger_index": rec.index,
-                    "metrics": [{k: m.get(k) for k in ("name", "metric", "value", "comparator", "threshold",
-                                                       "hard_limit", "outcome")}
-                                for m in rec.detail.get("metrics", [])],
-                    "waivers": [{"metric": name, "sha256": w.sha256, "ledger_index": w.index,
-                                 "approver": w.payload.get("approver"), "reason": w.payload.get("reason"),
-                                 "expires": w.payload.get("expires")} for name, w in sorted(covered.items())]})
-    return tuple(out)
 
 
 def _metrics(paths: list[str]) -> dict[str, Any]:
@@ -121,17 +41,28 @@ def _check_releaser(args: argparse.Namespace, signer: Any) -> None:
 
 
 def cmd_package(args: argparse.Namespace) -> int:
-    from engine.release.bundle import PackageRequest, build_bundle, write_tar
+    from engine.provenance.recorder import Provenance, keys_dir
+    from engine.release.bundle import write_tar
+    from engine.release.package import load_releaser, package_run
+    from engine.store.workspace import Workspace
 
-    signer = _signer(args.key)
+    signer = load_releaser(args.key, keys_dir())
     _check_releaser(args, signer)
-    training = _training(args)
-    req = PackageRequest(model=args.model, name=args.name, version=args.version, out=args.out,
-                         license=args.license, serving=args.serving, intended_use=args.intended_use,
-                         metrics=_metrics(args.metrics), training=training, gates=_gates(args, training))
-    built = build_bundle(req, signer)
+    prov = Provenance(Workspace.discover(args.directory or ".")) if args.run else None
+    done = package_run(prov, signer, model=args.model, name=args.name, version=args.version, run=args.run,
+                       out=args.out, license=args.license, serving=args.serving, intended_use=args.intended_use,
+                       metrics=_metrics(args.metrics))
+    built = done.built
     print(f"packaged {built.path} ({len(built.resources)} files, root sha256 {built.root_digest}); "
           f"signed by releaser '{signer.name}' ({signer.keyid[:16]}…)")
+    if done.record is not None:
+        r = done.record
+        print(f"release record appended as ledger entry {done.index}: {r.name} {r.version} -> run "
+              f"{r.run['run_id']} (ledger entry {r.run['ledger_index']}), {len(r.gates)} gate result(s), "
+              f"{len(r.datasets)} dataset(s)")
+    else:
+        print("note: packaged without --run: no release record links this bundle to a run, so 'certus deploy' "
+              "will refuse it", file=sys.stderr)
     if args.tar:
         print(f"tar: {write_tar(built.path)}")
     return 0

@@ -85,6 +85,25 @@ class GateBook:
             book._add(i, raw, judge)
         return book
 
+    @classmethod
+    def from_entries(cls, raws: Any, judge: Any) -> GateBook:
+        """The gate results and waivers among ``raws`` (ledger entries in order), judged by ``judge``
+        (a TrustHistory): for deploy, which reads the ledger itself and never the local index."""
+        book = cls()
+        run_marker = RUN_TYPE.encode()
+        for i, raw in enumerate(raws):
+            if any(m in raw for m in _MARKERS):
+                book._add(i, raw, judge)
+            elif run_marker in raw:
+                try:
+                    env = Envelope.from_json_bytes(raw)
+                    if env.payload_type == RUN_TYPE:
+                        run_id = str(json.loads(env.payload).get("run_id"))
+                        book._run_signers[run_id] = tuple(s.keyid for s in env.signatures)
+                except (EngineError, ValueError, AttributeError):
+                    pass
+        return book
+
     def _add(self, i: int, raw: bytes, judge: Any) -> None:
         try:
             env = Envelope.from_json_bytes(raw)
@@ -126,6 +145,28 @@ class GateBook:
     def for_run(self, run_id: str, gate: str | None = None) -> list[GateRecord]:
         return [r for r in self.results if r.detail.get("run_id") == run_id
                 and (gate is None or r.detail.get("gate") == gate)]
+
+    def speaking_for(self, run_id: str, artifact: str | None = None, digest: str | None = None,
+                     before: int | None = None) -> dict[str, GateRecord]:
+        """Per gate, the result that judges a release from ``run_id``: the run's own newest, or, for a gate
+        the run reused rather than evaluated (same inputs, same key), the newest before ``before`` whose
+        subjects name the model ``artifact`` with ``digest`` (hex)."""
+        out: dict[str, GateRecord] = {}
+        for rec in self.for_run(run_id):
+            out[str(rec.detail.get("gate"))] = rec
+        if artifact is None:
+            return out
+        for rec in self.results:
+            gate = str(rec.detail.get("gate"))
+            own = gate in out and out[gate].detail.get("run_id") == run_id
+            if own or (before is not None and rec.index >= before):
+                continue
+            subj = {s.get("name"): s.get("digest") or {} for s in rec.statement.get("subject", [])
+                    if isinstance(s, dict)}
+            d = subj.get(artifact) or {}
+            if digest in (d.get("sha256"), d.get("dirHash")):
+                out[gate] = rec
+        return out
 
     def latest(self) -> dict[str, GateRecord]:
         out: dict[str, GateRecord] = {}

@@ -115,21 +115,45 @@ class Dag:
             extra |= nx.descendants(self.graph, n) if downstream else nx.ancestors(self.graph, n)
         return self.order(chosen | extra)
 
+    def _governance(self) -> list[tuple[str, str, list[str]]]:
+        """Gates and packaging steps as extra nodes: (kind, name, upstream node names)."""
+        spec = self.spec
+        producers = {o: st.name for st in spec.stages.values() for o in st.all_outs}
+        out: list[tuple[str, str, list[str]]] = []
+        for g in getattr(spec, "gates", {}).values():
+            out.append(("gate", g.name, [g.after]))
+        for pk in getattr(spec, "packages", {}).values():
+            ups = [producers[pk.model]] if pk.model in producers else []
+            out.append(("package", pk.name, ups + ([f"gate {pk.requires_gate}"] if pk.requires_gate else [])))
+        return out
+
     def to_mermaid(self) -> str:
         ids = {n: f"s{i}" for i, n in enumerate(self._order)}
         lines = ["flowchart TD"]
         for n in self._order:
             lines.append(f'    {ids[n]}["{n}"]')
+        extra = self._governance()
+        for i, (kind, name, _) in enumerate(extra):
+            ids[f"{kind} {name}"] = f"g{i}"
+            shape = "{{" + f'"gate: {name}"' + "}}" if kind == "gate" else f'[/"package: {name}"/]'
+            lines.append(f"    g{i}{shape}")
         for u, v in sorted(self.graph.edges, key=lambda e: (self._rank[e[0]], self._rank[e[1]])):
             lines.append(f"    {ids[u]} --> {ids[v]}")
+        for kind, name, ups in extra:
+            lines += [f"    {ids[u]} -.-> {ids[f'{kind} {name}']}" for u in ups if u in ids]
         return "\n".join(lines) + "\n"
 
     def to_dot(self) -> str:
         lines = ["digraph certus {", "    rankdir=TB;", "    node [shape=box];"]
         for n in self._order:
             lines.append(f'    "{n}";')
+        extra = self._governance()
+        for kind, name, _ in extra:
+            lines.append(f'    "{kind} {name}" [shape={"hexagon" if kind == "gate" else "parallelogram"}];')
         for u, v in sorted(self.graph.edges, key=lambda e: (self._rank[e[0]], self._rank[e[1]])):
             lines.append(f'    "{u}" -> "{v}";')
+        for kind, name, ups in extra:
+            lines += [f'    "{u}" -> "{kind} {name}" [style=dashed];' for u in ups]
         lines.append("}")
         return "\n".join(lines) + "\n"
 
@@ -138,4 +162,5 @@ class Dag:
         for n in self._order:
             ups = self.upstream(n)
             lines.append(f"{n}" + (f"  <- {', '.join(ups)}" if ups else ""))
+        lines += [f"[{kind} {name}]  <- {', '.join(ups)}" for kind, name, ups in self._governance()]
         return "\n".join(lines) + "\n"

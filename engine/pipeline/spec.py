@@ -36,7 +36,7 @@ from engine.pipeline.spec_problems import (  # noqa: F401  (parse_yaml re-export
 __all__ = ["StageSpec", "PipelineSpec", "load_spec_text", "STAGE_KEYS"]
 
 _GENERATOR_KEYS = ("foreach", "do", "matrix")
-_TOP_KEYS = ("stages", "vars", "gates")
+_TOP_KEYS = ("stages", "vars", "gates", "packages")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _ITEM_REF = re.compile(r"\$\{\s*(item|key)((?:\.[A-Za-z0-9_\-]+)*)\s*\}")
 _RAW_ITEM_REF = re.compile(r"\$\{\s*raw\s*:\s*\$\{\s*(item|key)((?:\.[A-Za-z0-9_\-]+)*)\s*\}\s*\}")
@@ -86,6 +86,7 @@ class PipelineSpec:
     path: str
     stages: Mapping[str, StageSpec]
     gates: Mapping[str, Any] = field(default_factory=dict)  # name -> engine.pipeline.gates_spec.GateSpec
+    packages: Mapping[str, Any] = field(default_factory=dict)  # name -> engine.pipeline.package_spec.PackageSpec
 
     def __getitem__(self, name: str) -> StageSpec:
         return self.stages[name]
@@ -162,28 +163,37 @@ def load_spec_text(text: str, *, path: str, config: Mapping[str, Any]) -> Pipeli
             probs.add(kp, name, None, "stage name generated twice; make foreach items unique")
             continue
         seen.add(name)
+        before = len(probs.items)
         for k in body:
             if k not in STAGE_KEYS:
                 probs.add(kp + (k,), name, str(k), f"unknown key{_suggest(str(k), STAGE_KEYS)}")
         if "cmd" not in body or body["cmd"] in (None, "", []):
             probs.add(kp, name, "cmd", "missing; every stage needs a command")
-        bodies.append((name, body, kp))
-    probs.raise_if_any()
+        if len(probs.items) == before:  # a stage with a structural problem is reported, not interpolated
+            bodies.append((name, body, kp))
 
-    # Interpolate every ${...} against the composed config in one pass.
+    # Interpolate every ${...} against the composed config in one pass; when something does not resolve,
+    # stage by stage, so every stage's problem is reported with the structural ones, all at once.
     vars_ = data.get("vars") or {}
     if not isinstance(vars_, dict):
         probs.add(("vars",), None, "vars", "expected a mapping")
         probs.raise_if_any()
     context = {**config, **vars_}
+
+    def shell(loc: tuple[Any, ...]) -> bool:
+        return loc[1:2] == ("cmd",)
+
     try:
-        resolved = resolve_strings({n: b for n, b, _ in bodies}, context, shell=lambda loc: loc[1:2] == ("cmd",))
-    except InterpolationFailure as e:
-        stage, fld = e.location[0], (e.location[1] if len(e.location) > 1 else None)
-        kp = next((k for n, _, k in bodies if n == stage), ("stages",))
-        probs.add(kp + tuple(e.location[1:2]), stage, fld, f"interpolation '{e.expr}' does not resolve: {e.reason}")
-        probs.raise_if_any()
-        raise  # pragma: no cover - raise_if_any always raises here
+        resolved = resolve_strings({n: b for n, b, _ in bodies}, context, shell=shell)
+    except InterpolationFailure:
+        resolved = {}
+        for n, b, kp in bodies:
+            try:
+                resolved.update(resolve_strings({n: b}, context, shell=shell))
+            except InterpolationFailure as e:
+                fld = e.location[1] if len(e.location) > 1 else None
+                probs.add(kp + tuple(e.location[1:2]), n, fld, f"interpolation '{e.expr}' does not resolve: {e.reason}")
+    probs.raise_if_any()
 
     stages: dict[str, StageSpec] = {}
     config_keys: list[str] | None = None
@@ -310,9 +320,29 @@ def load_spec_text(text: str, *, path: str, config: Mapping[str, Any]) -> Pipeli
                           f"output '{o}' lies inside output '{parent}' of stage '{owner[parent]}'")
             parent = posixpath.dirname(parent)
     probs.raise_if_any()
+    spec = PipelineSpec(path=path, stages=stages)
     if "gates" in data or any("requires_gate" in resolved[n] for n, _, _ in bodies):
-        return _with_gates(PipelineSpec(path=path, stages=stages), data.get("gates"), resolved, bodies, config, probs)
-    return PipelineSpec(path=path, stages=stages)
+        spec = _with_gates(spec, data.get("gates"), resolved, bodies, config, probs)
+    if data.get("packages") is not None:
+        spec = _with_packages(spec, data["packages"], context, probs)
+    return spec
+
+
+def _with_packages(spec: PipelineSpec, raw: Any, context: Mapping[str, Any], probs: _Problems) -> PipelineSpec:
+    """The ``packages:`` section (engine.pipeline.package_spec), interpolated like stage fields."""
+    from engine.pipeline.package_spec import parse_packages
+
+    if isinstance(raw, dict):
+        try:
+            raw = resolve_strings(raw, context)
+        except InterpolationFailure as e:
+            probs.add(("packages", *e.location[:2]), None, None,
+                      f"package '{e.location[0]}': interpolation '{e.expr}' does not resolve: {e.reason}")
+            probs.raise_if_any()
+    producers = {o: st.name for st in spec.stages.values() for o in st.all_outs}
+    packages = parse_packages(raw, producers, spec.gates, probs)
+    probs.raise_if_any()
+    return PipelineSpec(path=spec.path, stages=spec.stages, gates=spec.gates, packages=packages)
 
 
 def _with_gates(spec: PipelineSpec, raw: Any, resolved: Mapping[str, Any], bodies: list[Any],
@@ -342,7 +372,8 @@ def spec_to_json(spec: PipelineSpec) -> bytes:
                        "timeout": st.timeout, "line": st.line, "requires_gate": st.requires_gate,
                        "resources": st.resources, "retries": st.retries})
     gates = [g.to_json() for g in spec.gates.values()]
-    return json.dumps({"path": spec.path, "stages": stages, "gates": gates}).encode()
+    packages = [p.to_json() for p in spec.packages.values()]
+    return json.dumps({"path": spec.path, "stages": stages, "gates": gates, "packages": packages}).encode()
 
 
 def spec_from_json(data: bytes) -> PipelineSpec:
@@ -359,6 +390,8 @@ def spec_from_json(data: bytes) -> PipelineSpec:
             timeout=s.get("timeout"), line=s["line"], requires_gate=s.get("requires_gate"),
             resources=tuple((k, v) for k, v in s.get("resources", ())), retries=s.get("retries", 0))
     from engine.pipeline.gates_spec import GateSpec
+    from engine.pipeline.package_spec import PackageSpec
 
     gates = {g["name"]: GateSpec.from_json(g) for g in doc.get("gates", ())}
-    return PipelineSpec(path=doc["path"], stages=stages, gates=gates)
+    packages = {p["name"]: PackageSpec.from_json(p) for p in doc.get("packages", ())}
+    return PipelineSpec(path=doc["path"], stages=stages, gates=gates, packages=packages)

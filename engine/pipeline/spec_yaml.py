@@ -19,7 +19,7 @@ from typing import Any
 
 from engine.errors import SpecError
 
-__all__ = ["decode_text", "load_yaml", "MAX_DEPTH", "MAX_EXPANDED"]
+__all__ = ["decode_text", "load_yaml", "strict_loader", "MAX_DEPTH", "MAX_EXPANDED"]
 
 MAX_DEPTH = 64
 MAX_EXPANDED = 100_000
@@ -72,6 +72,14 @@ def _loader_class() -> type:
 _LOADER: type | None = None
 
 
+def strict_loader() -> type:
+    """The strict loader class (no repeated keys), for variants with another scalar schema."""
+    global _LOADER
+    if _LOADER is None:
+        _LOADER = _loader_class()
+    return _LOADER
+
+
 def _clip(value: Any, limit: int = 60) -> str:
     s = str(value)
     return s if len(s) <= limit else s[:limit] + "…"
@@ -114,8 +122,11 @@ def _check_graph(root: Any) -> None:
     walk(root, 0)
 
 
-def load_yaml(text: str, path: str) -> Any:
-    """YAML -> Python, every problem as one line ``path:line: what; what to do``."""
+def load_yaml(text: str, path: str, *, loader_class: type | None = None) -> Any:
+    """YAML -> Python, every problem as one line ``path:line: what; what to do``.
+
+    ``loader_class`` (a subclass of :func:`strict_loader`'s) changes the scalar schema, e.g.
+    YAML 1.2 for DVC files (engine.pipeline.dvc_yaml)."""
     import yaml
 
     global _LOADER
@@ -123,7 +134,7 @@ def load_yaml(text: str, path: str) -> Any:
         _LOADER = _loader_class()
     loader = None
     try:
-        loader = _LOADER(text)
+        loader = (loader_class or _LOADER)(text)
         node = loader.get_single_node()
         if node is None:
             return None

@@ -115,7 +115,8 @@ class LedgerIndex:
             self.trust_sha256, self.trust_index = str(details.get("trust_sha256")), index
             self.trust_records.append([index, base64.b64encode(raw).decode()])
         elif env.payload_type == EVENT_TYPE:
-            for k in ("manifest_sha256", "approval_sha256"):
+            adopted = ("adopted_sha256",) if payload.get("kind") == "dvc.adopted" else ()  # engine.run.dvc_adopt
+            for k in ("manifest_sha256", "approval_sha256", *adopted):
                 if isinstance(details.get(k), str):
                     self.logged.setdefault(k, {}).setdefault(details[k], index)
         elif env.payload_type == RUN_TYPE:

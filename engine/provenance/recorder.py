@@ -158,6 +158,12 @@ class Provenance:
                 if f.endswith(".key"):
                     yield os.path.join(d, f)
 
+    def use_signer(self, role: str, signer: Any) -> None:
+        """Sign ``role``'s records with ``signer`` (a key loaded elsewhere, e.g. an ECDSA releaser key),
+        once the trust file says it holds that role now."""
+        self.trust().check(signer.keyid, role, now_utc())
+        self._signers[role] = signer
+
     def signer(self, role: str, hint: str | None = None) -> Any:
         """A loaded private key that the trust file grants ``role`` (valid now)."""
         if role in self._signers:

@@ -17,6 +17,7 @@ from typing import Any
 
 from engine.provenance import merkle
 from engine.provenance.gate_records import TEST_RESULT_PREDICATE, WAIVER_TYPE
+from engine.provenance.release_records import RELEASE_TYPE, VSA_PREDICATE
 
 __all__ = ["RUN_TYPE", "EVENT_TYPE", "WAIVER_TYPE", "ROLE_FOR_TYPE", "ROLE_FOR_PREDICATE", "RunRecord", "Event",
            "attestation_root"]
@@ -24,10 +25,11 @@ __all__ = ["RUN_TYPE", "EVENT_TYPE", "WAIVER_TYPE", "ROLE_FOR_TYPE", "ROLE_FOR_P
 RUN_TYPE = "application/vnd.certus.run+json"
 EVENT_TYPE = "application/vnd.certus.event+json"
 # which trust role must sign each payload type (governance events: per event kind, below)
-ROLE_FOR_TYPE = {RUN_TYPE: "trainer", WAIVER_TYPE: "approver"}  # a gate waiver (engine.provenance.gate_records)
+# a gate waiver (engine.provenance.gate_records); a release record (engine.provenance.release_records)
+ROLE_FOR_TYPE = {RUN_TYPE: "trainer", WAIVER_TYPE: "approver", RELEASE_TYPE: "releaser"}
 # in-toto statements appended to the ledger itself (payloadType application/vnd.in-toto+json), by predicate:
-# a gate result (Test Result predicate) is the run's trainer's
-ROLE_FOR_PREDICATE = {TEST_RESULT_PREDICATE: "trainer"}
+# a gate result (Test Result predicate) is the run's trainer's; a deploy check's SLSA VSA the deployer's
+ROLE_FOR_PREDICATE = {TEST_RESULT_PREDICATE: "trainer", VSA_PREDICATE: "deployer"}
 EVENT_ROLES = {
     "dataset.registered": "data-steward",
     "dataset.approved": "approver",
@@ -36,7 +38,10 @@ EVENT_ROLES = {
     "gate.decision": "trainer",
     "gate.waiver": "approver",
     "deployment": "releaser",
+    "registry.registered": "deployer",  # a verified bundle became version N of a registered model
+    "registry.alias": "deployer",  # an alias moved to a version (a deploy, or a rollback)
     "drift.alert": "trainer",
+    "dvc.adopted": "trainer",  # a dvc.lock entry adopted, not executed (engine.run.dvc_adopt)
 }
 
 

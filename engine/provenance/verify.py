@@ -37,7 +37,7 @@ from engine.provenance.trust_log import CLOCK_SKEW, TRUST_TYPE, TrustHistory
 from engine.provenance.verify_runs import Context, Report, Slice, check_entries
 from engine.store.workspace import Workspace
 
-__all__ = ["VerifyReport", "verify_workspace"]
+__all__ = ["VerifyReport", "checkpoint_verifiers", "trust_history_of", "verify_workspace"]
 
 PROGRESS_FROM = 1000  # ledger entries from which verify says what it is doing (it takes seconds)
 VerifyReport = Report
@@ -53,7 +53,7 @@ class _FileTrust:
         return self.store.check(keyid, role, at)
 
 
-def _trust_history(raws: list[bytes]) -> TrustHistory:
+def trust_history_of(raws: list[bytes]) -> TrustHistory:
     """Replay the ledger's trust records (found without decoding the other entries)."""
     from engine.provenance.dsse import Envelope
 
@@ -73,7 +73,7 @@ def _trust_history(raws: list[bytes]) -> TrustHistory:
     return TrustHistory.from_records(records)
 
 
-def _verifiers(history: TrustHistory, trust: TrustStore, origin: str) -> list[Any]:
+def checkpoint_verifiers(history: TrustHistory, trust: TrustStore, origin: str) -> list[Any]:
     """Note verifiers for every key that ever held the ledger role (by origin and by key name)."""
     from engine.provenance.note import Verifier
 
@@ -131,7 +131,7 @@ def _verify_ledger(ws: Workspace, prov: Any, trust: TrustStore, ldir: str, repor
         raws.extend(ledger.entries_unchecked())  # every frame is checked by the audit below
     except EngineError as e:  # a damaged ledger: check what still reads, and say where reading stopped
         report.fail(f"{rel}: entries unreadable past entry {len(raws)}: {e}".replace(ldir, rel))
-    history = _trust_history(raws)
+    history = trust_history_of(raws)
     for problem in history.problems:
         report.fail(problem)
     if raws and not history.pinned:
@@ -140,7 +140,7 @@ def _verify_ledger(ws: Workspace, prov: Any, trust: TrustStore, ldir: str, repor
     judge: Any = history if history.pinned else _FileTrust(trust)
     if history.pinned and (why := history.diff_file(trust)):
         report.fail(why)
-    verifiers = _verifiers(history, trust, ledger.origin)
+    verifiers = checkpoint_verifiers(history, trust, ledger.origin)
 
     # The structure audit (every frame and historical checkpoint) runs in a child process while
     # this one checks the entries' signatures, records and attestations.
@@ -178,6 +178,12 @@ def _verify_ledger(ws: Workspace, prov: Any, trust: TrustStore, ldir: str, repor
         from engine.provenance.verify_gates import verify_gates
 
         verify_gates(entries, report)
+    if entries.releases:
+        import hashlib
+
+        from engine.provenance.verify_releases import verify_releases
+
+        verify_releases(entries, {hashlib.sha256(r).hexdigest(): i for i, r in enumerate(raws)}, report)
     if run is None:
         from engine.provenance.verify_datasets import verify_datasets
 
@@ -247,7 +253,14 @@ def _check_lock_attested(ws: Workspace, entries: Slice, report: Report) -> None:
         report.fail(str(e))
         return
     attested = {(p, d) for p, d, _ in entries.attested}
+    adopted = entries.logged.get("adopted_sha256", {})  # dvc.lock entries adopted, not executed (dvc.adopted)
     for name, entry in sorted(lock.stages.items()):
+        if adopted and not all((p, r.get("digest")) in attested for p, r in entry.outs.items()):
+            from engine.pipeline.dvc_pipeline import adopted_sha256
+
+            if adopted_sha256(name, entry.outs) in adopted:
+                report.count("lock outputs adopted from dvc.lock (not executed)")
+                continue
         for path, rec in sorted(entry.outs.items()):
             if (path, rec.get("digest")) not in attested:
                 report.fail(f"certus.lock: stage '{name}': output {path} ({str(rec.get('digest'))[:23]}…) is "

@@ -20,6 +20,7 @@ from engine.provenance import merkle
 from engine.provenance.dsse import Envelope, verify_envelope
 from engine.provenance.gate_records import WAIVER_TYPE, claimed_time, gate_result_detail, is_gate_result
 from engine.provenance.records import EVENT_ROLES, EVENT_TYPE, ROLE_FOR_PREDICATE, ROLE_FOR_TYPE, RUN_TYPE
+from engine.provenance.release_records import RELEASE_TYPE, VSA_PREDICATE
 from engine.provenance.statement import PAYLOAD_TYPE, PROVENANCE_TYPE, STATEMENT_TYPE, subject_digests
 from engine.provenance.trust_log import GENESIS, TRUST_TYPE
 
@@ -105,6 +106,8 @@ class Slice:
     gate_entries: list[tuple[int, str, str, dict[str, Any] | str, tuple[str, ...], bool, bool]] = field(
         default_factory=list)
     run_signers: dict[str, tuple[str, ...]] = field(default_factory=dict)  # run id -> keyids of its record
+    # release records, deploy VSAs and registry events (engine.provenance.verify_releases): few, kept whole
+    releases: list[tuple[int, str, str, str, dict[str, Any], bool]] = field(default_factory=list)
 
     @classmethod
     def concat(cls, parts: list[Slice]) -> Slice:
@@ -123,6 +126,7 @@ class Slice:
             out.times.update(part.times)
             out.gate_entries.extend(part.gate_entries)
             out.run_signers.update(part.run_signers)
+            out.releases.extend(part.releases)
         return out
 
 
@@ -142,8 +146,10 @@ def _role_and_time(ptype: str, payload: dict[str, Any]) -> tuple[str, Any] | Non
         return EVENT_ROLES.get(payload.get("kind", ""), "trainer"), payload.get("time", "")
     if ptype == TRUST_TYPE:
         return ("ledger" if payload.get("kind") == GENESIS else "admin"), payload.get("time", "")
-    if ptype == WAIVER_TYPE:
-        return ROLE_FOR_TYPE[WAIVER_TYPE], payload.get("time", "")
+    if ptype in ROLE_FOR_TYPE:  # a gate waiver, a release record
+        return ROLE_FOR_TYPE[ptype], payload.get("time", "")
+    if ptype == PAYLOAD_TYPE and payload.get("predicateType") == VSA_PREDICATE:
+        return ROLE_FOR_PREDICATE[VSA_PREDICATE], (payload.get("predicate") or {}).get("timeVerified", "")
     if ptype == PAYLOAD_TYPE and payload.get("predicateType") in ROLE_FOR_PREDICATE:
         return ROLE_FOR_PREDICATE[payload["predicateType"]], claimed_time(payload)
     return None
@@ -165,7 +171,7 @@ def check_entries(ctx: Context, part: Sequence[tuple[int, bytes]]) -> Slice:
         kind = _role_and_time(env.payload_type, payload)
         if kind is None:
             report.fail(f"{where}: unknown payloadType '{env.payload_type}'; expected {RUN_TYPE}, {EVENT_TYPE}, "
-                        f"{TRUST_TYPE}, {WAIVER_TYPE} or a gate result ({PAYLOAD_TYPE})")
+                        f"{TRUST_TYPE}, {WAIVER_TYPE}, {RELEASE_TYPE} or a gate result or deploy VSA ({PAYLOAD_TYPE})")
             continue
         role, at_text = kind
         gate_kind = env.payload_type == WAIVER_TYPE or is_gate_result(payload)
@@ -173,11 +179,16 @@ def check_entries(ctx: Context, part: Sequence[tuple[int, bytes]]) -> Slice:
             where += f" (run {payload.get('run_id', '?')})"
         elif gate_kind:
             where += " (gate waiver)" if env.payload_type == WAIVER_TYPE else " (gate result)"
+        elif env.payload_type == RELEASE_TYPE:
+            where += f" (release {payload.get('name', '?')}-{payload.get('version', '?')})"
+        elif env.payload_type == PAYLOAD_TYPE:
+            where += " (deploy verification summary)"
         else:
             where += f" ({'event ' if env.payload_type == EVENT_TYPE else ''}{payload.get('kind', '?')} " \
                      f"{payload.get('subject', '')})"
             details = payload.get("details") or {}
-            for k in ("manifest_sha256", "approval_sha256"):
+            adopted = ("adopted_sha256",) if payload.get("kind") == "dvc.adopted" else ()  # engine.run.dvc_adopt
+            for k in ("manifest_sha256", "approval_sha256", *adopted):
                 if isinstance(details, dict) and details.get(k):
                     out.logged.setdefault(k, {}).setdefault(str(details[k]), (index, str(payload.get("kind"))))
             if payload.get("kind") == "dataset.derived" and isinstance(details, dict):
@@ -194,6 +205,9 @@ def check_entries(ctx: Context, part: Sequence[tuple[int, bytes]]) -> Slice:
             waiver = env.payload_type == WAIVER_TYPE
             out.gate_entries.append((index, where, sha256_hex(raw), payload if waiver else gate_result_detail(payload),
                                      tuple(s.keyid for s in env.signatures), trusted, waiver))
+        if env.payload_type == RELEASE_TYPE or (env.payload_type == PAYLOAD_TYPE and not gate_kind) or (
+                env.payload_type == EVENT_TYPE and str(payload.get("kind", "")).startswith("registry.")):
+            out.releases.append((index, where, sha256_hex(raw), env.payload_type, payload, trusted))
         if env.payload_type != RUN_TYPE:
             continue
         run_id = str(payload.get("run_id", "?"))

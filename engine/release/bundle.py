@@ -79,6 +79,7 @@ class PackageRequest:
     training: Mapping[str, Any] | None = None
     gates: tuple[Mapping[str, Any], ...] = ()  # the training run's gate results that stand (see cli.release)
     released_at: str | None = None
+    approvals: tuple[Mapping[str, Any], ...] = ()  # consumed datasets' manifests and approvals (evidence)
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,8 @@ def _fill(tmp: Path, src: Path, req: PackageRequest, signer: Signer) -> list[Res
     card = build_card(name=req.name, version=req.version, released_at=req.released_at or release_time(),
                       releaser={"name": getattr(signer, "name", ""), "keyid": signer.keyid, "type": ECDSA_P256},
                       model_files=files, license_name=license_name, intended_use=req.intended_use,
-                      metrics=req.metrics, training=req.training, gates=req.gates)
+                      metrics=req.metrics, training=req.training, gates=req.gates,
+                      approvals=req.approvals)
     for rel, data in (("serving.yaml", serving), ("LICENSE", license_bytes), ("model_card.json", card_bytes(card)),
                       ("MODEL_CARD.md", render_markdown(card).encode("utf-8"))):
         digests[rel] = _write(tmp / rel, data)

@@ -76,7 +76,8 @@ def run_section(record: Mapping[str, Any], *, ledger_index: int | None, record_s
 def build_card(*, name: str, version: str, released_at: str, releaser: Mapping[str, str],
                model_files: Sequence[Mapping[str, Any]], license_name: str, intended_use: str | None,
                metrics: Mapping[str, Any], training: Mapping[str, Any] | None,
-               gates: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+               gates: Sequence[Mapping[str, Any]] = (),
+               approvals: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """The ``model_card.json`` object (rendered with sorted keys)."""
     return {
         "schema": CARD_SCHEMA,
@@ -92,6 +93,8 @@ def build_card(*, name: str, version: str, released_at: str, releaser: Mapping[s
         "datasets": list((training or {}).get("datasets", [])),
         "environment": dict((training or {}).get("environment", {})),
         "gates": gate_section(training, gates),
+        # each consumed dataset's manifest and approval, by the digest and position of their ledger records
+        "dataset_approvals": [dict(a) for a in approvals],
     }
 
 
@@ -126,6 +129,12 @@ def render_markdown(card: Mapping[str, Any]) -> str:
     lines += ["", "## Datasets", ""]
     lines += [f"- `{d['name']}` sha256 `{(d.get('digest') or {}).get('sha256')}`"
               for d in card["datasets"]] or ["None."]
+    for a in card.get("dataset_approvals", []):
+        app = a.get("approval")
+        how = "approval inherited from its parents" if app == "inherited" else \
+            f"approved (approval sha256 `{(app or {}).get('sha256')}`, ledger entry {(app or {}).get('ledger_index')})"
+        lines.append(f"- `{a['dataset']}` manifest sha256 `{a['manifest_sha256']}` ({a.get('event')}, ledger entry "
+                     f"{a.get('ledger_index')}): {how}")
     lines += ["", "## Environment", ""]
     lines += [f"- {k}: {v}" for k, v in sorted(card["environment"].items())] or ["Not recorded."]
     gates = card["gates"]

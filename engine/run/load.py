@@ -17,7 +17,7 @@ from engine.errors import ConfigError, SpecError
 from engine.store.parse_cache import CACHE_FORMAT, cache_get, cache_put, conf_key, may_resolve
 from engine.store.workspace import CONF_DIR, SPEC_DIR, Workspace
 
-__all__ = ["compose", "load", "load_spec", "pipeline_path", "check_paths", "dag"]
+__all__ = ["compose", "load", "load_dvc", "load_spec", "pipeline_path", "check_paths", "dag"]
 
 
 def compose(ws: Workspace, overrides: Sequence[str]) -> dict[str, Any]:
@@ -126,6 +126,23 @@ def dag(ws: Workspace, spec: Any) -> Any:
 
 
 def load(ws: Workspace, overrides: Sequence[str] = (), pipeline: str | None = None) -> tuple[dict[str, Any], Any, Any]:
+    if pipeline is None and not os.path.isdir(ws.p(SPEC_DIR)):  # a DVC project
+        return load_dvc(ws, overrides)
     config = compose(ws, overrides)
     spec = load_spec(ws, config, pipeline)
+    return config, spec, dag(ws, spec)
+
+
+def load_dvc(ws: Workspace, overrides: Sequence[str] = ()) -> tuple[dict[str, Any], Any, Any]:
+    """A DVC project's dvc.yaml files (engine.pipeline.dvc_pipeline). Its stages read their params files, so
+    Hydra overrides apply only with a conf/ (engine.run.dvc_front writes the composed config to params.yaml)."""
+    from engine.pipeline.dvc_pipeline import load_dvc_project
+
+    has_conf = os.path.exists(ws.p(CONF_DIR, "config.yaml"))
+    if overrides and not has_conf:
+        raise ConfigError(f"overrides {list(overrides)}: this DVC project's stages read their params files, so a "
+                          "Hydra override would never reach the code; use -S key=value (written into params.yaml)")
+    config = compose(ws, overrides) if has_conf else {}
+    spec = load_dvc_project(ws.root)
+    check_paths(ws, spec)
     return config, spec, dag(ws, spec)

@@ -148,8 +148,13 @@ class Repro(DatasetChecks):
         pre-creates it so the stage may write exactly that path."""
         locked = self.lock.get(st.name)
         kinds: dict[str, str] = {}
+        keep = getattr(st, "persist", ())  # DVC's `persist: true` outputs stay in place (engine.pipeline.dvc_pipeline)
         for o in st.all_outs:
             p = safe_target(self.ws.root, o)
+            if o in keep:
+                if os.path.lexists(p):
+                    kinds[o] = "dir" if os.path.isdir(p) and not os.path.islink(p) else "file"
+                continue
             if os.path.lexists(p):
                 kinds[o] = "dir" if os.path.isdir(p) and not os.path.islink(p) else "file"
             elif locked is not None and o in locked.outs:
@@ -238,7 +243,8 @@ class Repro(DatasetChecks):
         try:  # each object hashed as it is stored; a full disk or changed output fails only this stage
             for p, e in real_outs.items():
                 self.cache.add(self.ws.root, p, e)
-            self.runs.put(key, {"stage": st.name, "outs": entry.outs, "run_id": self.run_id})
+            if not _no_run_cache(st):
+                self.runs.put(key, {"stage": st.name, "outs": entry.outs, "run_id": self.run_id})
         except EngineError as e:
             oc.state, oc.error = "failed", str(e)
             return
@@ -425,7 +431,7 @@ class Repro(DatasetChecks):
         if st.datasets and not self._validate_datasets(st, oc):
             result.outcomes[st.name] = oc
             return "failed"
-        if self.opts.run_cache and not force and not st.always_changed:
+        if self.opts.run_cache and not force and not st.always_changed and not _no_run_cache(st):
             rec, note = self.runs.lookup(key, st.name, st.all_outs)  # a malformed record is a miss
             if note:
                 self.err.write(f"[certus] note: {note}\n")
@@ -468,6 +474,11 @@ class Repro(DatasetChecks):
         if not hasattr(self, "_sde"):
             self._sde = self._source_date_epoch()
         return self._sde
+
+
+def _no_run_cache(st: StageSpec) -> bool:
+    """DVC leaves stages with persisted or uncached outputs out of the run cache; so does Certus."""
+    return bool(getattr(st, "persist", ()) or getattr(st, "uncached", ()))
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

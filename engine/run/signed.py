@@ -21,6 +21,7 @@ class ProvenanceRepro(Repro):
         self.prov = Provenance(ws, key=key)
         self.record: Any = None
         self._derived_done = False
+        self._packaged = False
         self._unattested: set[str] = set()
         self._index: Any = None
 
@@ -42,8 +43,10 @@ class ProvenanceRepro(Repro):
                 raise LedgerError(f"{e}; nothing was run") from e
         # outputs certus.lock records that no attestation in the ledger covers (a run killed before
         # its record was signed): run them again rather than call them up to date
+        adopted = self._index.logged.get("adopted_sha256", {})  # dvc.lock entries adopted (ledger events)
         self._unattested = {n for n in self.plan_names() if (entry := self.lock.get(n)) is not None
-                            and entry.outs and not self._index.attested(entry.outs)}
+                            and entry.outs and not self._index.attested(entry.outs)
+                            and _adopted_sha256(n, entry.outs) not in adopted}
         self._git = git_state(self.ws.root)
         return super().run()
 
@@ -75,6 +78,16 @@ class ProvenanceRepro(Repro):
                        f"attestation(s), merkle root {self.record.merkle_root[:16]}…) appended to the ledger\n")
         if self._gates is not None:  # gate results evaluated in this run, linked to it, after its record
             self._gates.commit(self.prov, self.err)
+        if self.spec.packages and result.status == "succeeded" and not self._packaged:
+            self._packaged = True  # once: the release record cites this run's record and gate results
+            from engine.run.packaging import package_after_run
+
+            problems = package_after_run(self.prov, self.spec, self.lock, result, self.err)
+            if problems:
+                from engine.errors import ReleaseError
+
+                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+                raise ReleaseError(problems[0] + more)
 
 
     def _register_derived(self, result: ReproResult) -> None:
@@ -112,6 +125,12 @@ class ProvenanceRepro(Repro):
                         "parents": list(man.parents), "run_id": result.run_id, "stage": name,
                         "manifest_sha256": sha256_hex(raw)})
                     reg = Registry.load(self.ws.root)
+
+
+def _adopted_sha256(stage: str, outs: dict[str, Any]) -> str:
+    from engine.pipeline.dvc_pipeline import adopted_sha256
+
+    return adopted_sha256(stage, outs)
 
 
 def make_repro(ws: Workspace, opts: ReproOptions, args: argparse.Namespace | None = None) -> Repro:

@@ -28,16 +28,17 @@ SPEC_DIR = "pipelines"
 CONF_DIR = "conf"
 LOCK_NAME = "certus.lock"
 def find_root(start: str) -> str:
-    """The nearest directory at or above ``start`` holding ``pipelines/``."""
+    """The nearest directory at or above ``start`` holding ``pipelines/``, or a DVC project root
+    (``.dvc/``: its ``dvc.yaml`` files are read by engine.pipeline.dvc_pipeline)."""
     cur = os.path.abspath(start)
     while True:
-        if os.path.isdir(os.path.join(cur, SPEC_DIR)):
+        if os.path.isdir(os.path.join(cur, SPEC_DIR)) or os.path.isdir(os.path.join(cur, ".dvc")):
             return cur
         parent = os.path.dirname(cur)
         if parent == cur:
             raise WorkspaceError(
                 f"{os.path.abspath(start)}: not inside a Certus workspace (no '{SPEC_DIR}/' directory here "
-                "or above); create pipelines/<name>.yaml or pass -C DIR"
+                "or above, and no DVC project); create pipelines/<name>.yaml or pass -C DIR"
             )
         cur = parent
 
