@@ -145,3 +145,16 @@ class BundleFormatError(ReleaseError):
 
 class BundleVerificationError(ReleaseError):
     """``certus bundle verify`` found problems; the message names the first, each names a file."""
+
+
+# --- serving and monitoring (engine.serve) ---------------------------------------------------
+
+
+class ServeError(EngineError):
+    """A deployment cannot be served (its bundle or chain does not verify, a bad serving config)."""
+
+
+class DriftDetected(EngineError):
+    """A monitor pass breached a threshold; the signed drift report is in the ledger (exit 3 for cron / CI)."""
+
+    exit_code = 3

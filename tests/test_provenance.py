@@ -393,9 +393,9 @@ def test_reference_lifecycle_verifies_and_has_lineage(ws: Any, tmp_path: Path, m
 
     # the demo trainer key is also the workspace's admin: trusting another key now that the ledger
     # exists is a trust.changed record it signs, and the workspace still verifies
-    assert ws.certus("keys", "generate", "--name", "demo-deployer", "--role", "deployer", "--unencrypted") == 0
+    assert ws.certus("keys", "generate", "--name", "second-deployer", "--role", "deployer", "--unencrypted") == 0
     capsys.readouterr()
-    assert ws.certus("keys", "trust", str(tmp_path / "certus_home/keys/demo-deployer.pub")) == 0
+    assert ws.certus("keys", "trust", str(tmp_path / "certus_home/keys/second-deployer.pub")) == 0
     assert "(signed ledger record " in capsys.readouterr().out
     changed = payload(ledger_entries(ws.root)[-1])
     assert (changed["kind"], changed["details"]["trust"]) == (

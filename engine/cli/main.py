@@ -305,6 +305,9 @@ def _parser() -> argparse.ArgumentParser:
     from engine.cli.dvc_front import register as register_dvc
 
     register_dvc(sub, add)
+    from engine.cli.serve import register as register_serve
+
+    register_serve(sub, add)
     return p
 
 

@@ -40,6 +40,16 @@ def _check_releaser(args: argparse.Namespace, signer: Any) -> None:
                                                                       datetime.now(UTC))
 
 
+def _reference(args: argparse.Namespace) -> dict[str, bytes]:
+    """``reference.json`` (the drift reference) from ``--reference CSV`` or the serving config's
+    ``reference.data``, with the monitor thresholds of the composed policy; {} when neither names data."""
+    if args.no_reference:
+        return {}
+    from engine.serve.packaging import reference_file
+
+    return reference_file(args.directory or ".", args.model, args.serving, args.reference)
+
+
 def cmd_package(args: argparse.Namespace) -> int:
     from engine.provenance.recorder import Provenance, keys_dir
     from engine.release.bundle import write_tar
@@ -51,7 +61,7 @@ def cmd_package(args: argparse.Namespace) -> int:
     prov = Provenance(Workspace.discover(args.directory or ".")) if args.run else None
     done = package_run(prov, signer, model=args.model, name=args.name, version=args.version, run=args.run,
                        out=args.out, license=args.license, serving=args.serving, intended_use=args.intended_use,
-                       metrics=_metrics(args.metrics))
+                       metrics=_metrics(args.metrics), extra=_reference(args))
     built = done.built
     print(f"packaged {built.path} ({len(built.resources)} files, root sha256 {built.root_digest}); "
           f"signed by releaser '{signer.name}' ({signer.keyid[:16]}…)")
@@ -115,6 +125,9 @@ def register(sub: Any, add: Any) -> None:
     p.add_argument("--run", help="the training run (id, prefix or 'latest') whose record the model card cites")
     p.add_argument("--license", help="license file (default: a placeholder saying none was given)")
     p.add_argument("--serving", help="serving / guardrail config YAML (default: a small template)")
+    p.add_argument("--reference", metavar="CSV", help="training data for the drift reference (reference.json; "
+                   "default: the serving config's reference.data)")
+    p.add_argument("--no-reference", action="store_true", help="package without a drift reference")
     p.add_argument("--intended-use", help="the model card's intended use")
     p.add_argument("--metrics", action="append", help="metrics JSON file for the card (repeatable)")
     p.add_argument("--tar", action="store_true", help="also write a reproducible NAME-VERSION.tar")

@@ -38,6 +38,7 @@ STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 WAIVER_TYPE = "application/vnd.certus.waiver+json"
 WAIVER_SCHEMA = "https://certus.dev/GateWaiver/v1"
 DETAIL_PREFIX = "certus/gate/"
+DRIFT_PREFIX = "certus/drift/"  # a drift report (engine.provenance.drift_records) shares the predicate
 POLICY_PREFIX = "policy/"
 RESULTS = ("PASSED", "WARNED", "FAILED")
 OUTCOMES = ("pass", "needs-review", "fail")
@@ -103,7 +104,13 @@ def claimed_time(statement: Any) -> str:
 
 
 def is_gate_result(statement: Any) -> bool:
-    return isinstance(statement, Mapping) and statement.get("predicateType") == TEST_RESULT_PREDICATE
+    if not isinstance(statement, Mapping) or statement.get("predicateType") != TEST_RESULT_PREDICATE:
+        return False
+    try:  # a drift report (same predicate, a certus/drift configuration) is not a gate result
+        return not any(str(c.get("name", "")).startswith(DRIFT_PREFIX)
+                       for c in statement["predicate"]["configuration"])
+    except (KeyError, TypeError, AttributeError):
+        return True
 
 
 def gate_detail(statement: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:

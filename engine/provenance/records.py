@@ -42,6 +42,7 @@ EVENT_ROLES = {
     "registry.alias": "deployer",  # an alias moved to a version (a deploy, or a rollback)
     "drift.alert": "trainer",
     "dvc.adopted": "trainer",  # a dvc.lock entry adopted, not executed (engine.run.dvc_adopt)
+    "drift.waiver": "approver",  # an approver accepts a FAILED drift report (engine.provenance.drift_records)
 }
 
 

@@ -184,6 +184,10 @@ def _verify_ledger(ws: Workspace, prov: Any, trust: TrustStore, ldir: str, repor
         from engine.provenance.verify_releases import verify_releases
 
         verify_releases(entries, {hashlib.sha256(r).hexdigest(): i for i, r in enumerate(raws)}, report)
+    if entries.drift_entries:
+        from engine.provenance.verify_drift import verify_drift
+
+        verify_drift(entries, report)
     if run is None:
         from engine.provenance.verify_datasets import verify_datasets
 

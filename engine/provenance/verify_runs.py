@@ -17,10 +17,11 @@ from typing import Any, Protocol
 
 from engine.errors import SignatureError
 from engine.provenance import merkle
+from engine.provenance.drift_records import drift_detail, drift_time, is_drift_report
 from engine.provenance.dsse import Envelope, verify_envelope
 from engine.provenance.gate_records import WAIVER_TYPE, claimed_time, gate_result_detail, is_gate_result
 from engine.provenance.records import EVENT_ROLES, EVENT_TYPE, ROLE_FOR_PREDICATE, ROLE_FOR_TYPE, RUN_TYPE
-from engine.provenance.release_records import RELEASE_TYPE, VSA_PREDICATE
+from engine.provenance.release_records import RELEASE_TYPE, VSA_PREDICATE, is_vsa
 from engine.provenance.statement import PAYLOAD_TYPE, PROVENANCE_TYPE, STATEMENT_TYPE, subject_digests
 from engine.provenance.trust_log import GENESIS, TRUST_TYPE
 
@@ -108,6 +109,11 @@ class Slice:
     run_signers: dict[str, tuple[str, ...]] = field(default_factory=dict)  # run id -> keyids of its record
     # release records, deploy VSAs and registry events (engine.provenance.verify_releases): few, kept whole
     releases: list[tuple[int, str, str, str, dict[str, Any], bool]] = field(default_factory=list)
+    # drift reports and their waivers (engine.provenance.verify_drift): index, where, sha256, checked detail or
+    # why unsound (a waiver: its event details), signer keyids, trusted, whether it is a waiver
+    drift_entries: list[tuple[int, str, str, dict[str, Any] | str, tuple[str, ...], bool, bool]] = field(
+        default_factory=list)
+    registered: dict[str, int] = field(default_factory=dict)  # bundle root -> first registry.registered index
 
     @classmethod
     def concat(cls, parts: list[Slice]) -> Slice:
@@ -127,6 +133,9 @@ class Slice:
             out.gate_entries.extend(part.gate_entries)
             out.run_signers.update(part.run_signers)
             out.releases.extend(part.releases)
+            out.drift_entries.extend(part.drift_entries)
+            for root, index in part.registered.items():
+                out.registered.setdefault(root, index)
         return out
 
 
@@ -150,6 +159,8 @@ def _role_and_time(ptype: str, payload: dict[str, Any]) -> tuple[str, Any] | Non
         return ROLE_FOR_TYPE[ptype], payload.get("time", "")
     if ptype == PAYLOAD_TYPE and payload.get("predicateType") == VSA_PREDICATE:
         return ROLE_FOR_PREDICATE[VSA_PREDICATE], (payload.get("predicate") or {}).get("timeVerified", "")
+    if ptype == PAYLOAD_TYPE and is_drift_report(payload):  # a monitor pass answers for the model: trainer
+        return "trainer", drift_time(payload)
     if ptype == PAYLOAD_TYPE and payload.get("predicateType") in ROLE_FOR_PREDICATE:
         return ROLE_FOR_PREDICATE[payload["predicateType"]], claimed_time(payload)
     return None
@@ -181,6 +192,8 @@ def check_entries(ctx: Context, part: Sequence[tuple[int, bytes]]) -> Slice:
             where += " (gate waiver)" if env.payload_type == WAIVER_TYPE else " (gate result)"
         elif env.payload_type == RELEASE_TYPE:
             where += f" (release {payload.get('name', '?')}-{payload.get('version', '?')})"
+        elif env.payload_type == PAYLOAD_TYPE and is_drift_report(payload):
+            where += " (drift report)"
         elif env.payload_type == PAYLOAD_TYPE:
             where += " (deploy verification summary)"
         else:
@@ -191,6 +204,8 @@ def check_entries(ctx: Context, part: Sequence[tuple[int, bytes]]) -> Slice:
             for k in ("manifest_sha256", "approval_sha256", *adopted):
                 if isinstance(details, dict) and details.get(k):
                     out.logged.setdefault(k, {}).setdefault(str(details[k]), (index, str(payload.get("kind"))))
+            if payload.get("kind") == "registry.registered" and isinstance(details, dict):
+                out.registered.setdefault(str(details.get("bundle_root")), index)
             if payload.get("kind") == "dataset.derived" and isinstance(details, dict):
                 out.derived_events[str(details.get("manifest_sha256"))] = str(details.get("run_id"))
         try:
@@ -205,7 +220,16 @@ def check_entries(ctx: Context, part: Sequence[tuple[int, bytes]]) -> Slice:
             waiver = env.payload_type == WAIVER_TYPE
             out.gate_entries.append((index, where, sha256_hex(raw), payload if waiver else gate_result_detail(payload),
                                      tuple(s.keyid for s in env.signatures), trusted, waiver))
-        if env.payload_type == RELEASE_TYPE or (env.payload_type == PAYLOAD_TYPE and not gate_kind) or (
+        signers = tuple(s.keyid for s in env.signatures)
+        if env.payload_type == PAYLOAD_TYPE and is_drift_report(payload):
+            detail, why = drift_detail(payload)
+            out.drift_entries.append((index, where, sha256_hex(raw), detail if detail is not None else why, signers,
+                                      trusted, False))
+        elif env.payload_type == EVENT_TYPE and payload.get("kind") == "drift.waiver":
+            details = payload.get("details")
+            out.drift_entries.append((index, where, sha256_hex(raw), details if isinstance(details, dict) else
+                                      "its details are not an object", signers, trusted, True))
+        if env.payload_type == RELEASE_TYPE or (env.payload_type == PAYLOAD_TYPE and is_vsa(payload)) or (
                 env.payload_type == EVENT_TYPE and str(payload.get("kind", "")).startswith("registry.")):
             out.releases.append((index, where, sha256_hex(raw), env.payload_type, payload, trusted))
         if env.payload_type != RUN_TYPE:

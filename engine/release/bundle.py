@@ -4,6 +4,7 @@ Layout of ``OUT/NAME-VERSION/``::
 
     model/...          the model: a file, or a directory's regular files (symlinks refused)
     serving.yaml       guardrail / serving config (given, or a small default)
+    reference.json     the drift reference (engine.serve.reference), when packaged with one
     LICENSE            given, or a placeholder saying none was given
     model_card.json    the model card (:mod:`engine.release.card`); MODEL_CARD.md renders it
     model.sig          the OMS bundle over every other file (excluded from its own manifest)
@@ -80,6 +81,7 @@ class PackageRequest:
     gates: tuple[Mapping[str, Any], ...] = ()  # the training run's gate results that stand (see cli.release)
     released_at: str | None = None
     approvals: tuple[Mapping[str, Any], ...] = ()  # consumed datasets' manifests and approvals (evidence)
+    extra: Mapping[str, bytes] = field(default_factory=dict)  # more top-level files to sign (reference.json)
 
 
 @dataclass(frozen=True)
@@ -148,8 +150,12 @@ def _fill(tmp: Path, src: Path, req: PackageRequest, signer: Signer) -> list[Res
                       model_files=files, license_name=license_name, intended_use=req.intended_use,
                       metrics=req.metrics, training=req.training, gates=req.gates,
                       approvals=req.approvals)
-    for rel, data in (("serving.yaml", serving), ("LICENSE", license_bytes), ("model_card.json", card_bytes(card)),
-                      ("MODEL_CARD.md", render_markdown(card).encode("utf-8"))):
+    fixed = (("serving.yaml", serving), ("LICENSE", license_bytes), ("model_card.json", card_bytes(card)),
+             ("MODEL_CARD.md", render_markdown(card).encode("utf-8")))
+    for rel in req.extra:
+        if rel in digests or rel in dict(fixed) or rel == SIGNATURE_FILE or not _NAME.match(rel):
+            raise ReleaseError(f"bundle file {rel!r}: a reserved or invalid name")
+    for rel, data in (*fixed, *sorted(req.extra.items())):
         digests[rel] = _write(tmp / rel, data)
     resources = [Resource(name=n, digest=d) for n, d in digests.items()]
     statement = make_statement(f"{req.name}-{req.version}", resources, (*DEFAULT_IGNORES, SIGNATURE_FILE))

@@ -89,6 +89,16 @@ def _refuse(rep: ChainReport, what: str) -> DeployRefused:
     return DeployRefused(f"{what}: refused: {rep.failures[0]}{more}", rep.failures)
 
 
+def _refuse_in_review(view: LedgerView, bundle_root: str, what: str) -> None:
+    """Drift feedback (issue 13): a bundle whose last drift report FAILED is not deployed until a
+    re-evaluation passes or an approver waives the report (:mod:`engine.release.review`)."""
+    from engine.release.review import drift_review
+
+    review = drift_review(view, bundle_root)
+    if review.in_review:
+        raise DeployRefused(f"{what}: refused: {review.why()}", [review.why()])
+
+
 def _vsa(prov: Any, rep: ChainReport, name: str, resource: str, signer: Any, version: str) -> tuple[int, str]:
     import hashlib
 
@@ -158,7 +168,9 @@ def deploy(prov: Any, bundle: str, alias: str, signer: Any, *, registry: str | N
             raise _refuse(rep, f"deploy of {bundle}")
         assert rep.release is not None and rep.release_entry is not None
         name = rep.release.name
-        reg = Registry.load(prov.ws.root, LedgerView.load(prov), path)
+        view = LedgerView.load(prov)
+        _refuse_in_review(view, rep.release.bundle_root, f"deploy of {bundle}")
+        reg = Registry.load(prov.ws.root, view, path)
         model = reg.models.get(name)
         existing = next((v for v in (model.versions.values() if model else ())
                          if v.bundle_root == rep.release.bundle_root), None)
@@ -198,6 +210,8 @@ def rollback(prov: Any, name: str, alias: str, signer: Any, *, registry: str | N
             raise ReleaseError(f"model '{name}': alias '{alias}' named no version before version {current}; "
                                "nothing to roll back to")
         target = last.previous
+        _refuse_in_review(LedgerView.load(prov), model.versions[target].bundle_root,
+                          f"rollback of {name}@{alias} to version {target}")
         rep = verify_chain(prov, reg.bundle_path(name, target), now=datetime.now(UTC))
         if not rep.ok:
             raise _refuse(rep, f"rollback of {name}@{alias} to version {target}")

@@ -94,7 +94,7 @@ class Packaged:
 def package_run(prov: Any | None, signer: Any, *, model: str, name: str, version: str, run: str | None,
                 out: str = "dist", license: str | None = None, serving: str | None = None,
                 intended_use: str | None = None, metrics: Mapping[str, Any] | None = None,
-                requires_gate: str | None = None) -> Packaged:
+                requires_gate: str | None = None, extra: Mapping[str, bytes] | None = None) -> Packaged:
     """Build, sign and (with a run) log a release; ``prov`` is None only when no run is named."""
     from engine.provenance.statement import rfc3339
     from engine.release.bundle import PackageRequest, build_bundle
@@ -112,7 +112,8 @@ def package_run(prov: Any | None, signer: Any, *, model: str, name: str, version
                                "result for this model")
     req = PackageRequest(model=model, name=name, version=version, out=out, license=license, serving=serving,
                          intended_use=intended_use, metrics=dict(metrics or {}), training=training,
-                         gates=gates or (), approvals=tuple(evidence.datasets) if evidence else ())
+                         gates=gates or (), approvals=tuple(evidence.datasets) if evidence else (),
+                         extra=dict(extra or {}))
     built = build_bundle(req, signer)
     if evidence is None:
         return Packaged(built, None, None)

@@ -1,0 +1,150 @@
+"""Serving throughput and latency, and a monitor pass over 1,000,000 telemetry rows (issue 13).
+
+Builds the reference lifecycle (Palmer Penguins, deployed as penguin-classifier@production) in a temporary
+directory, then for 1 and 2 workers, with guardrails + telemetry on and off, runs ``certus serve`` and a small
+bounded asyncio load generator (raw HTTP/1.1 keep-alive sockets on uvloop, CONNS connections, each its own
+client id, each sending one single-row OIP infer request at a time) for SECONDS; prints requests/s and the
+client-side p50/p99 latency. The generator shares the machine's cores with the server: the figures are what
+this machine does with both on it.
+
+    python benchmarks/bench_serve.py [--seconds 10] [--conns 32] [--rows 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import lifecycle_fixture as lf  # noqa: E402
+
+ROW = {"bill_length_mm": 39.1, "bill_depth_mm": 18.7, "flipper_length_mm": 181.0, "body_mass_g": 3750.0}
+
+
+def _request(client: str) -> bytes:
+    body = json.dumps({"inputs": [{"name": k, "shape": [1], "datatype": "FP64", "data": [v]}
+                                  for k, v in ROW.items()]}).encode()
+    head = (f"POST /v2/models/{lf.NAME}/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"x-client-id: {client}\r\nContent-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+async def _conn(port: int, client: str, until: float, lat: list[float], errors: list[int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    req = _request(client)
+    try:
+        while time.perf_counter() < until:
+            t0 = time.perf_counter()
+            writer.write(req)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length"))
+            await reader.readexactly(length)
+            lat.append(time.perf_counter() - t0)
+            if status != 200:
+                errors.append(status)
+    finally:
+        writer.close()
+
+
+async def _load(port: int, seconds: float, conns: int) -> tuple[float, float, float, int, int]:
+    lat: list[float] = []
+    errors: list[int] = []
+    await asyncio.gather(*(_conn(port, f"warm{i}", time.perf_counter() + 1.0, [], []) for i in range(conns)))
+    t0 = time.perf_counter()
+    await asyncio.gather(*(_conn(port, f"bench{i}", t0 + seconds, lat, errors) for i in range(conns)))
+    wall = time.perf_counter() - t0
+    lat.sort()
+    return len(lat) / wall, lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000, len(lat), len(errors)
+
+
+def bench_serving(base: Path, seconds: float, conns: int) -> dict[tuple[int, bool], float]:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    out = {}
+    for workers in (1, 2):
+        for on in (True, False):
+            extra = ["--workers", str(workers)]
+            extra += ["--telemetry", str(base / f"t{workers}.sqlite")] if on else ["--no-telemetry", "--no-guardrails"]
+            s = lf.Server(base, f"{lf.NAME}@production", *extra)
+            try:
+                rps, p50, p99, n, errs = asyncio.run(_load(s.port, seconds, conns))
+            finally:
+                s.stop()
+            out[(workers, on)] = rps
+            print(f"workers={workers} guardrails+telemetry={'on ' if on else 'off'}: {rps:7.0f} req/s, p50 "
+                  f"{p50:6.2f} ms, p99 {p99:6.2f} ms ({n} requests, {errs} non-200, {conns} connections)", flush=True)
+    for workers in (1, 2):
+        on, off = out[(workers, True)], out[(workers, False)]
+        print(f"workers={workers}: guardrails+telemetry cost {100 * (1 - on / off):.1f}% of throughput")
+    return out
+
+
+def bench_monitor(base: Path, rows: int) -> None:
+    import json as _json
+    import random
+
+    from engine.serve.monitor import evaluate, window_digest
+    from engine.serve.telemetry import Record, SQLiteStore
+
+    ref = _json.loads((base / "ws/registry" / lf.NAME / "1/reference.json").read_text())
+    train = lf.training_rows(base)
+    db = base / "million.sqlite"
+    store = SQLiteStore(str(db))
+    rng = random.Random(0)
+    now = time.time()
+    t0 = time.perf_counter()
+    batch = []
+    for i in range(rows):
+        r = rng.choice(train)
+        batch.append(Record(now - rows + i, 200, rng.uniform(0.5, 3), "", "v", 1, 0,
+                            {k: [v] for k, v in r.items()}, ["Adelie"], [0.9], [False]))
+        if len(batch) == 10000:
+            store.write(batch)
+            batch = []
+    if batch:
+        store.write(batch)
+    print(f"wrote {rows:,} telemetry rows in {time.perf_counter() - t0:.1f} s "
+          f"({rows / (time.perf_counter() - t0):,.0f} rows/s through SQLiteStore.write)")
+    t0 = time.perf_counter()
+    w = store.window("v", None, None)
+    t1 = time.perf_counter()
+    res = evaluate(w, ref)
+    t2 = time.perf_counter()
+    window_digest(w)
+    t3 = time.perf_counter()
+    store.close()
+    print(f"monitor pass over {rows:,} rows: {t3 - t0:.2f} s (read {t1 - t0:.2f} s, statistics {t2 - t1:.2f} s, "
+          f"window digest {t3 - t2:.2f} s); result {res.status}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--conns", type=int, default=32)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--skip-serving", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as d:
+        base = Path(d)
+        t0 = time.perf_counter()
+        lf.build(base, rate_limit="100000/second")
+        print(f"lifecycle built and deployed in {time.perf_counter() - t0:.0f} s; {os.cpu_count()} CPUs", flush=True)
+        if not args.skip_serving:
+            bench_serving(base, args.seconds, args.conns)
+        bench_monitor(base, args.rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""``certus monitor`` (issue 13): drift and health of a served deployment against the reference and thresholds
+its bundle carries, on telemetry a real server recorded; signed drift reports that ``certus verify`` checks; an
+alias held in review after a failed report until a re-evaluation passes or an approver waives it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lifecycle_fixture as lf
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return lf.build(tmp_path_factory.mktemp("monitor"))
+
+
+@pytest.fixture
+def base(template: Path, tmp_path: Path) -> Path:
+    return lf.copy(template, tmp_path / "c")
+
+
+def _traffic(s: lf.Server, rows: list[dict[str, float]], n: int, seed: int, shift: dict[str, float] | None = None
+             ) -> None:
+    rng = random.Random(seed)
+    for i in range(n):
+        batch = [{k: v + (shift or {}).get(k, 0.0) for k, v in rng.choice(rows).items()} for _ in range(2)]
+        code, _, out = s.infer(batch, client=f"client-{seed}-{i}")
+        assert code == 200, out
+
+
+def _wait_rows(db: Path, n: int) -> None:
+    end = time.time() + 20
+    while time.time() < end:
+        with sqlite3.connect(db) as c:
+            if c.execute("SELECT count(*) FROM requests").fetchone()[0] >= n:
+                return
+        time.sleep(0.1)
+    raise AssertionError("telemetry rows did not arrive")
+
+
+def _ledger(base: Path) -> list[tuple[str, dict]]:
+    from engine.provenance.ledger import Ledger
+
+    root = base / "ws/.certus/ledger"
+    origin = (root / "checkpoint").read_text().splitlines()[0]
+    out = []
+    for raw in Ledger.open(root, origin=origin, create=False).entries():
+        env = json.loads(raw)
+        out.append((env["payloadType"], json.loads(base64.b64decode(env["payload"]))))
+    return out
+
+
+def _reports(base: Path) -> list[dict]:
+    return [p for t, p in _ledger(base) if t == "application/vnd.in-toto+json"
+            and any(c["name"].startswith("certus/drift/") for c in p["predicate"].get("configuration", []))]
+
+
+def _monitor(base: Path, db: Path, since: float | None, *extra: str) -> subprocess.CompletedProcess[str]:
+    args = ["monitor", f"{lf.NAME}@production", "--telemetry", str(db), *extra]
+    if since is not None:
+        from datetime import UTC, datetime
+
+        args += ["--since", datetime.fromtimestamp(since, UTC).isoformat()]
+    return lf.certus(base, *args, check=False)
+
+
+def test_drift_is_detected_signed_verified_and_holds_the_alias_in_review(base: Path) -> None:
+    db = base / "telemetry.sqlite"
+    rows = lf.training_rows(base)
+    shifted = {"body_mass_g": 700.0, "flipper_length_mm": 12.0, "bill_length_mm": 4.0}
+    deploy = ("deploy", f"dist/{lf.NAME}-1.0.0", "--alias", "production", "--key", "dep")
+    s = lf.Server(base, f"{lf.NAME}@production", "--telemetry", str(db))
+    try:
+        # in-distribution traffic (drawn from the reference data itself): no drift, no report, exit 0
+        _traffic(s, rows, 120, seed=1)
+        _wait_rows(db, 120)
+        p = _monitor(base, db, None, "--json")
+        out = json.loads(p.stdout)
+        assert p.returncode == 0 and out["result"] == "PASSED", (p.stdout, p.stderr)
+        assert out["window"]["requests"] == 120 and out["window"]["rows"] == 240
+        assert {f["test"] for f in out["features"].values()} == {"ks"}  # a 233-row reference: statistical tests
+        assert all(not f["drifted"] and f["psi"] < 0.25 for f in out["features"].values()), out["features"]
+        assert out["service"]["latency_ms"]["p99"] is not None and out["service"]["rejection_rate"] == 0
+        assert not _reports(base)
+        # shifted traffic: drift detected, a signed report in the ledger, exit 3 (cron / CI)
+        time.sleep(1.2)
+        t2 = time.time()
+        _traffic(s, rows, 120, seed=2, shift=shifted)
+        _wait_rows(db, 240)
+        p = _monitor(base, db, t2)
+        assert p.returncode == 3 and "Traceback" not in p.stderr, (p.stdout, p.stderr)
+        assert "threshold(s) breached" in p.stderr and "is in review" in p.stderr
+        assert "FAIL drift_share" in p.stdout and "FAIL psi:body_mass_g" in p.stdout
+        (report,) = _reports(base)
+        assert report["predicate"]["result"] == "FAILED"
+        assert "drift_share" in report["predicate"]["failedTests"]
+        show = json.loads(lf.certus(base, "registry", "show", f"{lf.NAME}@production", "--json").stdout)
+        subjects = {s_["name"]: s_["digest"]["sha256"] for s_ in report["subject"]}
+        assert subjects[f"{lf.NAME}@1"] == show["bundle_root"] and len(subjects["telemetry-window"]) == 64
+        detail = next(c["annotations"] for c in report["predicate"]["configuration"]
+                      if c["name"].startswith("certus/drift/"))
+        assert detail["window"]["requests"] == 120 and detail["epsilon"] == 1e-4
+        assert detail["features"]["body_mass_g"]["bins"]["edges"]  # bins recorded
+        from google.protobuf import json_format
+        from in_toto_attestation.v1 import statement_pb2
+        from in_toto_attestation.v1.statement import Statement
+
+        Statement.copy_from_pb(json_format.Parse(json.dumps(report), statement_pb2.Statement())).validate()
+        v = lf.certus(base, "verify")
+        assert "drift reports" in v.stdout + v.stderr, v.stdout
+        # the alias is in review: deploying the same version is refused
+        p = lf.certus(base, *deploy, check=False)
+        assert p.returncode != 0 and "in review" in p.stderr and "Traceback" not in p.stderr, p.stderr
+        # re-evaluation: a later window of normal traffic that passes, signed (--record), lifts it
+        time.sleep(1.2)
+        t3 = time.time()
+        _traffic(s, rows, 120, seed=3)
+        _wait_rows(db, 360)
+        p = _monitor(base, db, t3, "--record")
+        assert p.returncode == 0 and "PASSED" in p.stdout, (p.stdout, p.stderr)
+        assert [r["predicate"]["result"] for r in _reports(base)] == ["FAILED", "PASSED"]
+        lf.certus(base, *deploy)
+        # drift again; this time an approver waives the report
+        time.sleep(1.2)
+        t4 = time.time()
+        _traffic(s, rows, 120, seed=4, shift=shifted)
+        _wait_rows(db, 480)
+        assert _monitor(base, db, t4).returncode == 3
+        assert lf.certus(base, *deploy, check=False).returncode != 0
+        failed = [e for e in _entries(base) if e[1].get("predicate", {}).get("result") == "FAILED"][-1]
+        p = lf.certus(base, "monitor", f"{lf.NAME}@production", "--waive", failed[0][:16], "--reason",
+                      "seasonal: heavier birds after a good krill year; reviewed", "--key", "demo-approver")
+        assert "waived drift report" in p.stdout
+        lf.certus(base, *deploy)
+        v = lf.certus(base, "verify")
+        assert "drift waivers" in v.stdout + v.stderr
+    finally:
+        s.stop()
+
+
+def _entries(base: Path) -> list[tuple[str, dict]]:
+    import hashlib
+
+    from engine.provenance.ledger import Ledger
+
+    root = base / "ws/.certus/ledger"
+    origin = (root / "checkpoint").read_text().splitlines()[0]
+    out = []
+    for raw in Ledger.open(root, origin=origin, create=False).entries():
+        env = json.loads(raw)
+        out.append((hashlib.sha256(raw).hexdigest(), json.loads(base64.b64decode(env["payload"]))))
+    return out
+
+
+def test_status_and_repro_do_not_import_the_serving_stack(base: Path) -> None:
+    code = ("import sys; from engine.cli.main import main; rc = main(['status']); rc = rc or main(['repro']);"
+            "heavy = ('starlette', 'uvicorn', 'prometheus_client', 'limits', 'scipy', 'engine.serve');"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.startswith('engine.serve'));"
+            "print('BAD', bad); sys.exit(rc)")
+    p = subprocess.run([sys.executable, "-c", code], cwd=base / "ws", env=lf.env_for(base), capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0 and "BAD []" in p.stdout, p.stdout + p.stderr

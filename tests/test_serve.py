@@ -1,0 +1,177 @@
+"""``certus serve`` (issue 13): a real uvicorn server in a subprocess on a loopback port, serving the reference
+lifecycle's verified deployment over the Open Inference Protocol — good requests, every guardrail refusal with
+its status, rate limiting, oversized payloads, metrics, telemetry (pii absent), a bundle that does not verify
+refused at start, and a hot swap when the alias moves under load.
+
+The lifecycle is built once per module (tests/lifecycle_fixture.py) and copied per test.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import lifecycle_fixture as lf
+import pytest
+
+pytestmark = pytest.mark.integration
+
+GOOD = {"bill_length_mm": 39.1, "bill_depth_mm": 18.7, "flipper_length_mm": 181.0, "body_mass_g": 3750.0}
+GENTOO = {"bill_length_mm": 47.5, "bill_depth_mm": 15.0, "flipper_length_mm": 217.0, "body_mass_g": 5200.0}
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return lf.build(tmp_path_factory.mktemp("serve"), rate_limit="30/minute", second=True)
+
+
+@pytest.fixture
+def base(template: Path, tmp_path: Path) -> Path:
+    return lf.copy(template, tmp_path / "c")
+
+
+@pytest.fixture
+def server(base: Path):
+    s = lf.Server(base, lf.NAME + "@production", "--telemetry", str(base / "telemetry.sqlite"))
+    yield s
+    s.stop()
+
+
+def _refused(s: lf.Server, status: int, kind: str, field: str, rows: list[dict[str, object]] | None = None,
+             raw: bytes | None = None, client: str = "r") -> dict[str, object]:
+    if raw is not None:
+        code, headers, body = s.request("POST", f"/v2/models/{lf.NAME}/infer", raw, {"x-client-id": client})
+        out = json.loads(body)
+    else:
+        code, headers, out = s.infer(rows or [GOOD], client=client)
+    assert code == status, out
+    assert out["kind"] == kind and out["field"] == field and out["rule"], out
+    assert headers["x-certus-model-version"] == "1"  # refusals name the served version too
+    return out
+
+
+def test_serves_oip_with_guardrails_metrics_and_telemetry(server: lf.Server, base: Path) -> None:
+    s = server
+    assert s.get("/v2/health/live")[0] == 200
+    code, headers, body = s.get(f"/v2/models/{lf.NAME}")
+    meta = json.loads(body)
+    assert code == 200 and meta["versions"] == ["1"] and {i["name"] for i in meta["inputs"]} >= set(GOOD)
+    root = meta["parameters"]["bundle_digest"]
+    show = json.loads(lf.certus(base, "registry", "show", f"{lf.NAME}@production", "--json").stdout)
+    assert root == "sha256:" + show["bundle_root"]
+    # good requests: one row, a batch with the optional pii column, the versioned route
+    code, headers, out = s.infer([GOOD, GENTOO, GOOD])
+    assert code == 200 and headers["x-certus-bundle-digest"] == root and out["model_version"] == "1"
+    outputs = {o["name"]: o["data"] for o in out["outputs"]}
+    assert outputs["label"] == ["Adelie", "Gentoo", "Adelie"] and all(c > 0.6 for c in outputs["confidence"])
+    code, _, out = s.infer([{**GOOD, "individual_id": "N1A1"}, {**GENTOO, "individual_id": "N9A2"}],
+                           path=f"/v2/models/{lf.NAME}/versions/1/infer")
+    assert code == 200 and out["parameters"]["bundle_digest"] == root
+    # each guardrail refusal: 4xx naming the field and the rule, never a 500
+    msg = _refused(s, 422, "schema", "body_mass_g", [{**GOOD, "body_mass_g": 99999}])
+    assert "max 7500" in str(msg["error"])
+    _refused(s, 422, "schema", "flipper_length_mm", [{**GOOD, "flipper_length_mm": "long"}])
+    _refused(s, 422, "schema", "bill_depth_mm", [{k: v for k, v in GOOD.items() if k != "bill_depth_mm"}])
+    _refused(s, 422, "schema", "bill_depth_mm", [{**GOOD, "bill_depth_mm": None}])
+    _refused(s, 422, "schema", "beak_colour", [{**GOOD, "beak_colour": 3.0}])
+    _refused(s, 400, "bad_request", "body", raw=b"{not json")
+    _refused(s, 400, "bad_request", "inputs", raw=b'{"instances": [[1, 2, 3, 4]]}')
+    code, _, out = s.infer([GOOD], path=f"/v2/models/{lf.NAME}/versions/7/infer")
+    assert code == 404 and out["kind"] == "not_found" and "version 1" in out["error"]
+    big = json.dumps({"inputs": [{"name": "bill_length_mm", "shape": [20000], "datatype": "FP64",
+                                  "data": [40.0] * 20000}]}).encode()
+    out = _refused(s, 413, "payload_too_large", "body", raw=big)
+    assert "65536" in str(out["error"])
+    _refused(s, 413, "payload_too_large", "bill_length_mm", [GOOD] * 300)  # max_batch 256
+    # output rule: a point between species is below the 0.6 confidence floor -> abstention, counted
+    code, _, out = s.infer([{"bill_length_mm": 40.0, "bill_depth_mm": 15.5, "flipper_length_mm": 205.0,
+                             "body_mass_g": 4200.0}])
+    outputs = {o["name"]: o["data"] for o in out["outputs"]}
+    assert code == 200 and outputs["abstained"] == [True] and outputs["class"] == [-1], outputs
+    # metrics: Prometheus text, refusals by kind
+    code, headers, body = s.get("/metrics")
+    text = body.decode()
+    assert code == 200 and headers["content-type"].startswith("text/plain")
+    assert 'certus_refusals_total{kind="schema"} 5.0' in text
+    assert 'certus_refusals_total{kind="payload_too_large"} 2.0' in text
+    assert 'certus_requests_total{status="200"} 3.0' in text and "certus_abstentions_total 1.0" in text
+    assert "certus_request_latency_seconds_bucket" in text
+    # telemetry: every request recorded (off the request path: wait for the writer), pii never stored
+    db = base / "telemetry.sqlite"
+    end = time.time() + 10
+    while time.time() < end:
+        with sqlite3.connect(db) as c:
+            n = c.execute("SELECT count(*) FROM requests").fetchone()[0]
+        if n >= 12:
+            break
+        time.sleep(0.1)
+    with sqlite3.connect(db) as c:
+        assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        kinds = dict(c.execute("SELECT refusal, count(*) FROM requests GROUP BY refusal").fetchall())
+        cols = [r[1] for r in c.execute("PRAGMA table_info(inputs)")]
+        rows = c.execute('SELECT pred, "c:body_mass_g" FROM inputs').fetchall()
+        dump = "\n".join(str(r) for r in c.execute("SELECT * FROM inputs"))
+    assert kinds == {"": 3, "schema": 5, "bad_request": 2, "not_found": 1, "payload_too_large": 2}, kinds
+    assert "c:body_mass_g" in cols and not any("individual_id" in c for c in cols), cols
+    assert "N1A1" not in dump and "N9A2" not in dump
+    assert len(rows) == 6 and ("Gentoo", 5200.0) in rows
+
+
+def test_rate_limit_per_client_with_retry_after(server: lf.Server) -> None:
+    codes = [server.infer([GOOD], client="greedy")[0] for _ in range(33)]
+    assert codes[:30] == [200] * 30 and codes[30:] == [429] * 3
+    code, headers, out = server.infer([GOOD], client="greedy")
+    assert code == 429 and out["kind"] == "rate_limit" and 1 <= int(headers["retry-after"]) <= 60
+    assert server.infer([GOOD], client="polite")[0] == 200  # per client
+    assert 'certus_refusals_total{kind="rate_limit"} 4.0' in server.get("/metrics")[2].decode()
+
+
+def test_a_bundle_that_does_not_verify_is_refused_at_start(base: Path) -> None:
+    pkl = base / "ws/registry" / lf.NAME / "1/model/model.pkl"
+    pkl.chmod(0o644)
+    pkl.write_bytes(pkl.read_bytes() + b"\0")
+    s = lf.Server(base, lf.NAME + "@production", wait=False)
+    try:
+        rc = s.proc.wait(60)
+    finally:
+        s.stop()
+    out = s.output()
+    assert rc != 0 and "Traceback" not in out
+    assert "version 1 does not verify; not served" in out and "model/model.pkl" in out, out
+    # an alias that names nothing, likewise one line
+    p = lf.certus(base, "serve", f"{lf.NAME}@canary", "--port", str(lf.free_port()), check=False)
+    assert p.returncode != 0 and "no alias 'canary'" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_hot_swap_when_the_alias_moves_drops_no_request(server: lf.Server, base: Path) -> None:
+    seen: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            code, headers, _ = server.infer([GOOD], client=f"load{len(seen)}")
+            seen.append((code, headers.get("x-certus-model-version", "")))
+
+    t = threading.Thread(target=load)
+    t.start()
+    try:
+        time.sleep(0.5)
+        lf.certus(base, "deploy", f"dist/{lf.NAME}-1.1.0", "--alias", "production", "--key", "dep")
+        end = time.time() + 30
+        while time.time() < end and (not seen or seen[-1][1] != "2"):
+            time.sleep(0.1)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        t.join()
+    versions = [v for _, v in seen]
+    assert all(code == 200 for code, _ in seen), seen
+    assert versions[0] == "1" and versions[-1] == "2", versions
+    assert versions == sorted(versions)  # once swapped, never back
+    meta = json.loads(server.get(f"/v2/models/{lf.NAME}")[2])
+    assert meta["versions"] == ["2"] and meta["parameters"]["bundle_version"] == "1.1.0"
+    assert "certus_swaps_total 1.0" in server.get("/metrics")[2].decode()
+    assert "swapped penguin-classifier@production: version 1 -> 2" in server.output()
