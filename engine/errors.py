@@ -55,6 +55,10 @@ class StageFailedError(EngineError):
     """One or more stage commands exited non-zero."""
 
 
+class ExecutorError(EngineError):
+    """The executor cannot run stages: a Dask scheduler unreachable, a cluster that lacks a resource."""
+
+
 class InterruptedRunError(EngineError):
     """The run was interrupted (Ctrl-C / SIGTERM); finished stages were kept."""
 

@@ -60,7 +60,9 @@ def cmd_repro(args: argparse.Namespace) -> int:
         opts = ReproOptions(targets=targets, overrides=point, pipeline=args.pipeline, downstream=args.downstream,
                             single=args.single_item, force=args.force, dry=args.dry, jobs=args.jobs,
                             wait=args.wait, run_cache=not args.no_run_cache,
-                            check_determinism=args.check_determinism)
+                            check_determinism=args.check_determinism,
+                            executor={"kind": args.executor or ("dask" if args.scheduler else None),
+                                      "scheduler": args.scheduler})
         if args.check_determinism:
             opts.targets = [args.check_determinism]
         try:
@@ -255,6 +257,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-run-cache", action="store_true", help="run even when the stage key was seen before")
     r.add_argument("--check-determinism", metavar="STAGE", help="re-run STAGE and compare its output hashes")
     r.add_argument("--json", action="store_true", help="machine-readable result on stdout")
+    r.add_argument("--executor", choices=("local", "dask"), help="where stage commands run (default: "
+                   "certus.executor, else local); dask: on a Dask cluster, see README 'Distributed execution'")
+    r.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: "
+                   "certus.executor.scheduler, else a LocalCluster started for the run)")
     r.add_argument("--key", help="trainer key (name in the key directory, or a .key path); default: CERTUS_KEY")
     r.add_argument("-S", "--set-param", dest="set_params", action="append", metavar="[FILE:]KEY=VALUE",
                    help="DVC project: write KEY=VALUE into the params file the stages read (like dvc exp run -S)")

@@ -26,6 +26,8 @@ STAGE_KEYS = (
     "writable",
     "timeout",
     "requires_gate",
+    "resources",
+    "retries",
 )
 _GENERATOR_KEYS = ("foreach", "do", "matrix")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")

@@ -23,6 +23,7 @@ from engine.core.paths import path_problem
 from engine.errors import SpecError
 from engine.pipeline.foreach import STAGE_KEYS, _expand
 from engine.pipeline.interpolate import InterpolationFailure, resolve_strings
+from engine.pipeline.resources import parse_scheduling
 from engine.pipeline.spec_problems import (  # noqa: F401  (parse_yaml re-exported)
     _as_str_list,
     _nul_field,
@@ -61,6 +62,10 @@ class StageSpec:
     timeout: float | None = None  # seconds; the stage's whole process tree is killed on expiry
     line: int = field(default=0, compare=False)
     requires_gate: str | None = None  # a gate (spec ``gates:``) that must pass or be waived first
+    # scheduling only, never in the key: what a distributed executor's worker must offer, and how many
+    # re-runs a failure or a lost worker allows (engine.pipeline.resources)
+    resources: tuple[tuple[str, float], ...] = ()
+    retries: int = 0
 
     @property
     def all_outs(self) -> tuple[str, ...]:
@@ -279,6 +284,7 @@ def load_spec_text(text: str, *, path: str, config: Mapping[str, Any]) -> Pipeli
                                     or not 0 < timeout < float("inf")):
             probs.add(kp + ("timeout",), name, "timeout", f"{timeout!r} is not a positive number of seconds")
             timeout = None
+        resources, retries = parse_scheduling(body, probs, kp, name)
         stages[name] = StageSpec(
             name=name,
             cmd=str(cmd),
@@ -294,6 +300,8 @@ def load_spec_text(text: str, *, path: str, config: Mapping[str, Any]) -> Pipeli
             writable=tuple(dict.fromkeys(writable)),
             timeout=float(timeout) if timeout is not None else None,
             line=probs.line_of(kp),
+            resources=resources,
+            retries=retries,
         )
 
     # An output declared by two stages (or nested inside another stage's output).
@@ -361,7 +369,8 @@ def spec_to_json(spec: PipelineSpec) -> bytes:
         stages.append({"name": st.name, "cmd": st.cmd, "deps": st.deps, "outs": st.outs, "metrics": st.metrics,
                        "params": st.params, "env": st.env, "desc": st.desc, "always_changed": st.always_changed,
                        "datasets": st.datasets, "register": st.register, "writable": st.writable,
-                       "timeout": st.timeout, "line": st.line, "requires_gate": st.requires_gate})
+                       "timeout": st.timeout, "line": st.line, "requires_gate": st.requires_gate,
+                       "resources": st.resources, "retries": st.retries})
     gates = [g.to_json() for g in spec.gates.values()]
     packages = [p.to_json() for p in spec.packages.values()]
     return json.dumps({"path": spec.path, "stages": stages, "gates": gates, "packages": packages}).encode()
@@ -378,7 +387,8 @@ def spec_from_json(data: bytes) -> PipelineSpec:
             params=tuple((k, v) for k, v in s["params"]), env=tuple((k, v) for k, v in s["env"]), desc=s["desc"],
             always_changed=s["always_changed"], datasets=tuple(s["datasets"]),
             register=tuple((k, v) for k, v in s["register"]), writable=tuple(s.get("writable", ())),
-            timeout=s.get("timeout"), line=s["line"], requires_gate=s.get("requires_gate"))
+            timeout=s.get("timeout"), line=s["line"], requires_gate=s.get("requires_gate"),
+            resources=tuple((k, v) for k, v in s.get("resources", ())), retries=s.get("retries", 0))
     from engine.pipeline.gates_spec import GateSpec
     from engine.pipeline.package_spec import PackageSpec
 

@@ -42,6 +42,7 @@ class ReproOptions:
     wait: bool = False
     run_cache: bool = True
     check_determinism: str | None = None
+    executor: dict[str, Any] = field(default_factory=dict)  # `repro --executor/--scheduler` over certus.executor
 
 
 @dataclass

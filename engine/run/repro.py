@@ -36,7 +36,7 @@ from engine.pipeline.plan import lock_entry
 from engine.pipeline.spec import StageSpec
 from engine.pipeline.status import evaluate
 from engine.run.datasets import DatasetChecks
-from engine.run.executor import Executor, JobResult, StageJob
+from engine.run.executor import Executor, JobResult, StageJob, executor_settings
 from engine.run.load import load as load_pipeline
 from engine.run.outcome import (  # noqa: F401  (re-exported)
     OK_STATES,
@@ -57,6 +57,8 @@ __all__ = ["ReproOptions", "ReproResult", "StageOutcome", "Repro", "new_run_id",
 
 # the only CERTUS_* variables a stage sees: keys, passphrases and $CERTUS_HOME stay with the coordinator
 STAGE_CERTUS_VARS = ("CERTUS_PARAMS", "CERTUS_STAGE", "CERTUS_RUN_ID", "CERTUS_WORKSPACE")
+# what Certus sets for reproducibility (see _job): the same on every machine a stage runs on
+_ENGINE_VARS = ("PYTHONHASHSEED", "TZ", "LC_ALL", "SOURCE_DATE_EPOCH")
 
 
 class Repro(DatasetChecks):
@@ -86,6 +88,7 @@ class Repro(DatasetChecks):
         self._dirty = False
         self._executor: Executor | None = None
         self.dataset_uses: dict[str, list[Any]] = {}
+        self.executor_settings = executor_settings(self.config, opts.executor)  # a bad one fails before any stage
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -116,7 +119,8 @@ class Repro(DatasetChecks):
             pass
         return "0"
 
-    def _job(self, st: StageSpec, sde: str, kinds: dict[str, str] | None = None) -> StageJob:
+    def _job(self, st: StageSpec, sde: str, kinds: dict[str, str] | None = None, key: Digest | None = None,
+             deps: dict[str, Entry | None] | None = None) -> StageJob:
         params_path = os.path.join(self.ws.dot, "tmp", "params", f"{st.name}.json")
         os.makedirs(os.path.dirname(params_path), exist_ok=True)
         write_if_changed(params_path, json.dumps(nested_params(st.params), sort_keys=True, indent=2).encode())
@@ -131,7 +135,10 @@ class Repro(DatasetChecks):
         kinds = kinds or {}
         return StageJob(name=st.name, cmd=st.cmd, cwd=self.ws.root, env=env, log_path=log,
                         outs=tuple((self.ws.p(o), kinds.get(o, "")) for o in st.all_outs),
-                        writable=st.writable, timeout=st.timeout)
+                        writable=st.writable, timeout=st.timeout, key=str(key or ""),
+                        deps=tuple((p, e) for p, e in sorted((deps or {}).items()) if e is not None),
+                        set_vars=tuple(sorted({*_ENGINE_VARS, *STAGE_CERTUS_VARS, *st.env_dict()})),
+                        resources=st.resources, retries=st.retries)
 
     def _prepare_outs(self, st: StageSpec) -> dict[str, str]:
         """Delete declared outputs so the command writes new files, never into a cache inode
@@ -184,6 +191,12 @@ class Repro(DatasetChecks):
         def warn(msg: str) -> None:
             self.err.write(msg + "\n")
 
+        if self.executor_settings.kind == "dask":  # Dask is imported only here, when it was chosen
+            from engine.adapters.dask_executor import DaskExecutor
+
+            return DaskExecutor(self.executor_settings, jobs=self.jobs, workspace=self.ws.root, echo=self.out,
+                                warn=warn, sandbox=sandbox_mode(self.config), run_id=self.run_id,
+                                all_outs=[self.ws.p(o) for s in self.spec.stages.values() for o in s.all_outs])
         return LocalExecutor(self.jobs, echo=self.out, on_groups=on_groups, sandbox=sandbox_mode(self.config),
                              workspace=self.ws.root, warn=warn)
 
@@ -451,7 +464,7 @@ class Repro(DatasetChecks):
             oc.state, oc.error = "failed", str(e)
             result.outcomes[st.name] = oc
             return "failed"
-        fut = executor.submit(self._job(st, self._sde_cached(), kinds))
+        fut = executor.submit(self._job(st, self._sde_cached(), kinds, key, ev.deps))
         oc.state = "running"
         result.outcomes[st.name] = oc
         running[fut] = (st, ev.deps, key, oc)

@@ -1,0 +1,284 @@
+"""Stage commands on a Dask ``distributed`` cluster, behind the :class:`~engine.run.executor.Executor` seam.
+
+The coordinator stays the one writer of cache, lock and ledger: a worker runs the command
+(:mod:`engine.adapters.dask_runner`) and reports. Dask is imported only when this executor is
+chosen (``repro --executor dask`` or ``certus.executor``), and the client connects on the
+first stage that really runs, so a no-op repro never touches the cluster.
+
+Dask semantics that matter here:
+
+* every task has an explicit key, ``certus-<run>-<stage>-<stage key>`` (Dask's ``pure=True``
+  default would merge identical calls into one);
+* no automatic retries: a failed or lost stage is re-submitted (under a new key) only when the
+  stage declares ``retries: N``; a task the scheduler re-schedules after its worker died is
+  refused by the runner;
+* a stage's ``resources:`` become Dask worker resources, checked against the cluster first (a
+  task no worker can take would wait forever);
+* cancellation sets the run's :class:`distributed.Event`; runners kill their process groups.
+
+``staged`` mode (:mod:`engine.adapters.dask_staging`) moves bytes through a content-addressed
+store and verifies every digest a worker claims before anything enters the workspace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TextIO
+
+from engine.errors import ExecutorError
+from engine.run.executor import ExecutorSettings, JobResult, StageJob
+
+__all__ = ["DaskExecutor", "task_key"]
+
+
+def task_key(run_id: str, job: StageJob, attempt: int = 0) -> str:
+    """An explicit, unique task key: run, stage, stage key (and the retry)."""
+    return f"certus-{run_id}-{job.name}-{job.key.removeprefix('sha256:')[:16]}" + (f"-r{attempt}" if attempt else "")
+
+
+class DaskExecutor:
+    """Submits stage jobs to a Dask cluster; futures resolve to :class:`JobResult` as locally."""
+
+    def __init__(self, settings: ExecutorSettings, *, jobs: int, workspace: str, echo: TextIO,
+                 warn: Callable[[str], None], sandbox: str, run_id: str, all_outs: Iterable[str] = ()) -> None:
+        self.settings = settings
+        self.jobs = jobs
+        self.workspace = workspace
+        self.echo = echo
+        self.warn = warn
+        self.sandbox = sandbox
+        self.run_id = run_id
+        self.client: Any = None
+        self.cluster: Any = None
+        self._cancel: Any = None
+        self._others: Any = None
+        self._staging: Any = None
+        self._lock = threading.Lock()
+        self._pending: dict[str, Any] = {}  # task key -> Dask future, until its result is handled
+        self._post = ThreadPoolExecutor(max_workers=1, thread_name_prefix="certus-dask-ingest")
+        self._stopping = False
+        self._notes: set[str] = set()
+        self._fits: dict[tuple[tuple[str, float], ...], str] = {}
+        self._all_outs = frozenset(all_outs)  # every output of the pipeline (absolute paths)
+
+    # -- connecting ------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        import dask
+        import distributed
+
+        s = self.settings
+        try:
+            if s.scheduler:
+                self.client = distributed.Client(s.scheduler, timeout=s.connect_timeout, set_as_default=False)
+            else:
+                cores = os.cpu_count() or 1
+                n = s.workers or max(1, min(self.jobs, cores))
+                with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+                    self.cluster = distributed.LocalCluster(
+                        n_workers=n, threads_per_worker=max(1, math.ceil(self.jobs / n)), processes=True,
+                        host="127.0.0.1", dashboard_address=":0",
+                        resources={"cpus": max(1, cores // n)})
+                self.client = distributed.Client(self.cluster, set_as_default=False)
+        except (OSError, TimeoutError) as e:
+            where = s.scheduler or "a LocalCluster"
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            self.close()
+            raise ExecutorError(f"cannot reach the Dask scheduler at {where} (within {s.connect_timeout:g} s): "
+                                f"{reason}; start it, or fix --scheduler / certus.executor.scheduler") from None
+        self._cancel = distributed.Event(f"certus-cancel-{self.run_id}", client=self.client)
+        if s.mode == "shared":
+            [self._others] = self.client.scatter([self._all_outs], broadcast=True, hash=False)
+        if s.mode == "staged":
+            from engine.adapters.dask_staging import Staging
+
+            self._staging = Staging(s.store, self.workspace, self.run_id)
+
+    def _fit(self, resources: tuple[tuple[str, float], ...]) -> str:
+        """'' when some worker offers ``resources``; else why not (checked once per distinct set)."""
+        if not resources:
+            return ""
+        if resources not in self._fits:
+            workers = self.client.scheduler_info(n_workers=-1).get("workers", {}).values()
+            offers = [w.get("resources") or {} for w in workers]
+            ok = any(all(o.get(k, 0) >= v for k, v in resources) for o in offers)
+            want = ", ".join(f"{k}={v:g}" for k, v in resources)
+            self._fits[resources] = "" if ok else (
+                f"needs resources {want}, which no worker of the cluster offers ({len(offers)} worker(s)); start "
+                f"workers with --resources \"{want.replace(', ', ' ')}\" or lower the stage's 'resources:'")
+        return self._fits[resources]
+
+    # -- submitting ------------------------------------------------------------------------
+
+    def submit(self, job: StageJob) -> Future[JobResult]:
+        if self.client is None:
+            self._connect()
+        out: Future[JobResult] = Future()
+        out.set_running_or_notify_cancel()
+        self._start(job, out, 0)
+        return out
+
+    def _start(self, job: StageJob, out: Future[JobResult], attempt: int) -> None:
+        from engine.adapters.dask_runner import run_stage
+
+        started = time.time()
+        why = self._fit(job.resources)
+        if why or self._stopping:
+            out.set_result(JobResult(job.name, -1 if why else -signal.SIGTERM, started, time.time(), job.log_path,
+                                     error=why))
+            return
+        key = task_key(self.run_id, job, attempt)
+        payload: dict[str, Any] = {"job": job, "task": key, "run_id": self.run_id, "mode": self.settings.mode,
+                                   "sandbox": self.sandbox, "cancel": self._cancel.name}
+        try:
+            if self._staging is not None:
+                payload.update(self._staging.prepare(job, key))
+                payload["scratch"] = self.settings.scratch
+                args: tuple[Any, ...] = ()
+            else:  # the pipeline's outputs, sent once per worker: concurrent stages' writes are not violations
+                args = (self._others,)
+        except Exception as e:  # the store is unreachable or full; a dep changed while exported
+            out.set_result(JobResult(job.name, -1, started, time.time(), job.log_path,
+                                     error=f"could not stage its deps: {e}"))
+            return
+        fut = self.client.submit(run_stage, payload, *args, key=key, pure=False, retries=0,
+                                 resources=dict(job.resources) or None)
+        with self._lock:
+            self._pending[key] = fut
+        fut.add_done_callback(lambda f: self._hand_over(f, job, out, attempt))
+
+    def _hand_over(self, fut: Any, job: StageJob, out: Future[JobResult], attempt: int) -> None:
+        """From Dask's callback thread to ours (results are handled one at a time, in order)."""
+        try:
+            self._post.submit(self._done, fut, job, out, attempt)
+        except RuntimeError:  # shut down after an interrupt: nothing is ingested any more
+            if not out.done():
+                now = time.time()
+                out.set_result(JobResult(job.name, -signal.SIGTERM, now, now, job.log_path))
+
+    # -- results ---------------------------------------------------------------------------
+
+    def _done(self, fut: Any, job: StageJob, out: Future[JobResult], attempt: int) -> None:
+        try:
+            res = self._result(fut, job)
+        except BaseException as e:  # never leave the coordinator waiting on a future nobody resolves
+            res = JobResult(job.name, -1, time.time(), time.time(), job.log_path, error=f"executor: {e}")
+        with self._lock:
+            self._pending.pop(fut.key, None)
+        if (res.returncode != 0 or res.error) and attempt < job.retries and not self._stopping:
+            self.warn(f"[certus] stage '{job.name}' failed on Dask ({res.error}); retry {attempt + 1} of "
+                      f"{job.retries} (its 'retries:')")
+            self._clear_outs(job)
+            self._start(job, out, attempt + 1)
+            return
+        out.set_result(res)
+
+    def _result(self, fut: Any, job: StageJob) -> JobResult:
+        from distributed.scheduler import KilledWorker
+
+        now = time.time()
+        try:
+            r = fut.result()
+        except KilledWorker as e:
+            return JobResult(job.name, -1, now, now, job.log_path,
+                             error=f"{_lost()} ({str(e).splitlines()[0][:200]}); run 'certus repro' again")
+        except Exception as e:  # cancelled, or the runner itself raised
+            if self._stopping:
+                return JobResult(job.name, -signal.SIGTERM, now, now, job.log_path, error="")
+            first = (str(e).splitlines() or [""])[0][:300]
+            return JobResult(job.name, -1, now, now, job.log_path, error=f"the Dask task failed: "
+                                                                          f"{type(e).__name__}: {first}")
+        if self._stopping:  # interrupted: nothing a worker sends is placed in the workspace any more
+            return JobResult(job.name, -signal.SIGTERM, r.get("started", now), r.get("finished", now), job.log_path)
+        error = r.get("error", "")
+        if r.get("lost"):
+            error += "; run 'certus repro' again"
+        for note in r.get("notes", ()):
+            if note not in self._notes:  # e.g. "no Landlock": once per run, not once per stage
+                self._notes.add(note)
+                self.warn(f"[certus] worker {r.get('claim', {}).get('worker', '?')}: {note}")
+        if self._staging is not None:
+            if "log" in r:
+                os.makedirs(os.path.dirname(job.log_path), exist_ok=True)
+                with open(job.log_path, "wb") as f:
+                    f.write(r["log"])
+            if r.get("returncode") == 0 and not error:
+                error = self._staging.ingest(job, fut.key, r.get("outs", {}), r.get("claim", {}))
+            self._staging.discard(fut.key)
+        self._show_log(job)
+        sandbox = dict(r.get("sandbox") or {})
+        # the worker's word, recorded as such; the attested digests are the ones the coordinator hashed
+        sandbox["executor"] = {"kind": "dask", "mode": self.settings.mode, "task": fut.key,
+                               "workerClaim": r.get("claim", {})}
+        rc = r.get("returncode", -1)
+        return JobResult(job.name, rc if rc is not None else -1, r.get("started", now), r.get("finished", now),
+                         job.log_path, error=error, sandbox=sandbox)
+
+    def _show_log(self, job: StageJob) -> None:
+        """Echo the stage's output with a ``stage |`` prefix, as the local executor does live."""
+        try:
+            with open(job.log_path, "rb") as f:
+                lines = f.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return
+        with self._lock, contextlib.suppress(ValueError, OSError):
+            for line in lines:
+                self.echo.write(f"{job.name} | {line}\n")
+            self.echo.flush()
+
+    def _clear_outs(self, job: StageJob) -> None:
+        """Before a retry: what a failed attempt left in the declared outputs goes (shared mode)."""
+        from engine.store.cache import remove_path
+
+        if self._staging is None:
+            for p, _ in job.outs:
+                with contextlib.suppress(OSError):
+                    remove_path(p)
+
+    # -- stopping --------------------------------------------------------------------------
+
+    def terminate_all(self, grace: float = 3.0) -> None:
+        """Stop every stage: runners see the cancel event and kill their process groups; wait for them."""
+        self._stopping = True
+        if self.client is None:
+            return
+        with contextlib.suppress(Exception):
+            self._cancel.set()
+        with self._lock:
+            futs = list(self._pending.values())
+        if futs:
+            import distributed
+
+            with contextlib.suppress(Exception):
+                distributed.wait(futs, timeout=grace + 10)
+            with contextlib.suppress(Exception):
+                self.client.cancel(futs)
+
+    def shutdown(self) -> None:
+        self._post.shutdown(wait=not self._stopping, cancel_futures=self._stopping)
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                self.client.set_metadata(["certus", self.run_id], {})  # the per-task start counts of this run
+        if self._staging is not None:
+            self._staging.close()
+        self.close()
+
+    def close(self) -> None:
+        for thing in (self.client, self.cluster):
+            if thing is not None:
+                with contextlib.suppress(Exception):
+                    thing.close()
+        self.client = self.cluster = None
+
+
+def _lost() -> str:
+    from engine.adapters.dask_runner import LOST
+
+    return LOST

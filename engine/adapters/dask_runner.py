@@ -1,0 +1,238 @@
+"""The worker side of the Dask executor: run one stage command, report, never write the cache.
+
+A Dask task cannot be stopped once it runs, so the stage's process group belongs to this
+runner: the command runs as it does locally (:class:`~engine.adapters.local.LocalExecutor`:
+its own session, Landlock, a stage token for daemons, ``timeout:``), and a watcher thread
+waits on the run's cancel :class:`distributed.Event`; when the coordinator sets it (Ctrl-C,
+SIGTERM) the group gets SIGTERM, then SIGKILL.
+
+Commands are not idempotent, so a task runs its command once: the scheduler re-schedules a
+task whose worker died, and the runner of that second attempt finds its start already
+counted (scheduler metadata) and reports the stage lost instead of running it again. Stage
+processes of a worker that died (``SIGKILL`` leaves them orphaned) are found through a small
+per-host registry and killed by the next runner on that host.
+
+Modes: ``shared`` runs in the workspace path (a shared file system); ``staged`` runs in a
+scratch directory outside any workspace, fetches each dep by digest from the store (every
+byte hashed on the way), hashes the outputs, uploads them to the store's ``incoming/`` and
+returns a manifest. What it returns is a claim: the coordinator verifies before it uses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+from engine.run.executor import JobResult, StageJob
+
+__all__ = ["run_stage", "LOST"]
+
+LOST = "its Dask worker was lost mid-stage"
+_REGISTRY = os.path.join(tempfile.gettempdir(), f"certus-dask-{os.getuid()}")
+_subreaper_once = threading.Lock()
+_subreaper_set = False
+
+
+def _alive(pid: int, start: int | None) -> bool:
+    from engine.store.workspace import proc_start_time
+
+    return os.path.exists(f"/proc/{pid}") and (start is None or proc_start_time(pid) == start)
+
+
+def _sweep_orphans() -> None:
+    """Kill the stage processes of workers on this host that died mid-stage."""
+    from engine.adapters.sandbox import kill_tagged
+
+    with contextlib.suppress(FileNotFoundError):
+        for fn in os.listdir(_REGISTRY):
+            pid, _, rest = fn.partition("-")
+            if not pid.isdigit() or not rest.endswith(".json") or os.path.exists(f"/proc/{pid}"):
+                continue  # a record being written, or its worker is alive (a reused pid is checked below)
+            path = os.path.join(_REGISTRY, fn)
+            try:
+                with open(path) as f:
+                    rec = json.load(f)
+                if _alive(rec["worker_pid"], rec.get("worker_start")):
+                    continue
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    if _alive(rec["pgid"], rec.get("start")):
+                        os.killpg(rec["pgid"], signal.SIGKILL)
+                if rec.get("token"):
+                    kill_tagged(rec["token"], everywhere=True)
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def _register(path: str, local: Any, groups: list[dict[str, int]]) -> None:
+    from engine.store.workspace import proc_start_time
+
+    if not groups:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return
+    tokens = list(local._tokens.values())  # the sandbox's tag on every process of the stage
+    rec = {"worker_pid": os.getpid(), "worker_start": proc_start_time(os.getpid()), "pgid": groups[0]["pgid"],
+           "start": groups[0]["start"], "token": tokens[0] if tokens else ""}
+    try:
+        os.makedirs(_REGISTRY, mode=0o700, exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(rec, f)
+        os.replace(path + ".tmp", path)
+    except OSError:  # no registry: a worker killed outright may leave this stage's processes behind
+        pass
+
+
+def _first_start(key: str, run_id: str) -> int:
+    """How many times this task was started before (0 the first time), counted on the scheduler."""
+    from distributed import get_client
+
+    client = get_client()
+    where = ["certus", run_id, key]
+    seen = int(client.get_metadata(where, 0) or 0)
+    client.set_metadata(where, seen + 1)
+    return seen
+
+
+def _stage_env(job: StageJob, rebase: dict[str, str]) -> dict[str, str]:
+    """This worker's environment (PATH, HOME: its own) under every variable Certus set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CERTUS_", "DASK_"))}
+    env.update({k: job.env[k] for k in job.set_vars if k in job.env})
+    env.update(rebase)
+    return env
+
+
+def _claim(extra: dict[str, Any]) -> dict[str, Any]:
+    from distributed import get_worker
+
+    with contextlib.suppress(ValueError):
+        extra["worker"] = get_worker().address
+    return {"host": socket.gethostname(), "pid": os.getpid(), "python": sys.version.split()[0],
+            "platform": platform.platform(), **extra}
+
+
+def _prepare_staged(job: StageJob, payload: dict[str, Any], scratch: str) -> StageJob:
+    """Fetch every dep by digest into ``scratch``; the job, rebased there."""
+    from engine.store.cache import ObjectCache
+
+    store = ObjectCache(payload["store"])
+    for rel, entry in job.deps:
+        store.checkout(scratch, rel, entry.digest, entry.kind)  # hashed while copied: a damaged object fails here
+    params = os.path.join(scratch, ".certus", "tmp", "params", f"{job.name}.json")
+    os.makedirs(os.path.dirname(params), exist_ok=True)
+    with open(params, "wb") as f:
+        f.write(payload.get("params", b""))
+    outs = []
+    for path, kind in job.outs:
+        rel = os.path.relpath(path, job.cwd)
+        target = os.path.join(scratch, rel)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        outs.append((target, kind))
+    env = _stage_env(job, {"CERTUS_PARAMS": params, "CERTUS_WORKSPACE": scratch})
+    return StageJob(name=job.name, cmd=job.cmd, cwd=scratch, env=env,
+                    log_path=os.path.join(scratch, ".certus", "logs", f"{job.name}.log"), outs=tuple(outs),
+                    writable=job.writable, timeout=job.timeout)
+
+
+def _upload(job: StageJob, scratch: str, inbox: str) -> dict[str, dict[str, Any]]:
+    """Hash the outputs in ``scratch`` and put their objects in ``inbox``; the manifest."""
+    from engine.store.cache import ObjectCache
+    from engine.store.hashing import Hasher
+
+    rels = [os.path.relpath(p, scratch) for p, _ in job.outs]
+    hashed = Hasher(scratch).hash_many(rels)
+    box = ObjectCache(inbox)
+    manifest: dict[str, dict[str, Any]] = {}
+    for rel, entry in hashed.items():
+        if entry is None:
+            continue  # the coordinator names what was not produced
+        box.add(scratch, rel, entry)
+        manifest[rel] = {"digest": str(entry.digest), "kind": entry.kind, "size": entry.size}
+    return manifest
+
+
+def _watch(cancel: Any, local: Any, done: threading.Event) -> None:
+    """Poll the run's cancel event (a short RPC; no wait left pending on the scheduler)."""
+    while not done.wait(0.25):
+        with contextlib.suppress(Exception):  # the scheduler away for a moment: ask again
+            if cancel.is_set():
+                local.terminate_all()
+                return
+
+
+def run_stage(payload: dict[str, Any], others: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Run one stage on this worker; a plain dict the coordinator checks (see module doc)."""
+    global _subreaper_set
+    from distributed import Event, get_client
+
+    from engine.adapters.local import LocalExecutor
+    from engine.adapters.sandbox import set_subreaper
+
+    job: StageJob = payload["job"]
+    started = time.time()
+    _sweep_orphans()
+    if _first_start(payload["task"], payload["run_id"]) > 0:
+        return {"returncode": -1, "started": started, "finished": time.time(), "lost": True,
+                "error": f"{LOST} and the scheduler started it again; commands are not re-run automatically "
+                         "(declare 'retries:' on the stage to allow it)", "claim": _claim({})}
+    cancel = Event(payload["cancel"], client=get_client())
+    if cancel.is_set():
+        return {"returncode": -signal.SIGTERM, "started": started, "finished": time.time(),
+                "error": "cancelled before it started", "claim": _claim({})}
+    with _subreaper_once:
+        if not _subreaper_set:  # once per worker process: orphaned stage daemons come to us, to be killed
+            set_subreaper(True)
+            _subreaper_set = True
+    staged = payload["mode"] == "staged"
+    scratch = tempfile.mkdtemp(prefix="certus-stage-", dir=payload.get("scratch") or None) if staged else ""
+    notes: list[str] = []
+    reg = os.path.join(_REGISTRY, f"{os.getpid()}-{payload['task'][-48:].replace('/', '_')}.json")
+    try:
+        try:
+            run_job = _prepare_staged(job, payload, scratch) if staged else StageJob(
+                name=job.name, cmd=job.cmd, cwd=job.cwd, env=_stage_env(job, {}), log_path=job.log_path,
+                outs=job.outs, writable=job.writable, timeout=job.timeout)
+        except Exception as e:  # a missing or damaged dep object, a full scratch disk
+            return {"returncode": -1, "started": started, "finished": time.time(),
+                    "error": f"could not fetch its deps from the store: {e}", "claim": _claim({})}
+        with open(os.devnull, "w") as sink:
+            local = LocalExecutor(1, echo=sink, sandbox=payload["sandbox"], workspace=run_job.cwd, warn=notes.append,
+                                  on_groups=None)
+            local.on_groups = lambda groups: _register(reg, local, groups)
+            local._all_outs.update(others)  # other stages' outputs: concurrent writers, not violations
+            done = threading.Event()
+            threading.Thread(target=_watch, args=(cancel, local, done), daemon=True).start()
+            try:
+                res: JobResult = local.submit(run_job).result()
+            finally:
+                done.set()
+                local.shutdown()
+        out: dict[str, Any] = {"returncode": res.returncode, "started": res.started, "finished": res.finished,
+                               "error": res.error, "sandbox": dict(res.sandbox), "notes": notes}
+        claim: dict[str, Any] = {}
+        if staged:
+            with contextlib.suppress(OSError), open(run_job.log_path, "rb") as f:
+                out["log"] = f.read()
+            claim["log"] = "sha256:" + hashlib.sha256(out.get("log", b"")).hexdigest()
+            if res.returncode == 0 and not res.error:
+                out["outs"] = _upload(run_job, scratch, payload["inbox"])
+                claim["outs"] = {rel: o["digest"] for rel, o in out["outs"].items()}
+        out["claim"] = _claim(claim)
+        return out
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(reg)
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
