@@ -132,6 +132,8 @@ def _show(w: W, ref: str) -> dict[str, Any]:
 
 def test_deploy_verifies_the_chain_registers_and_records_a_vsa(w: W) -> None:
     card = json.loads((w.root / BUNDLE / "model_card.json").read_text())
+    # the step's serving config named reference data: the drift reference is signed into the bundle
+    assert json.loads((w.root / BUNDLE / "reference.json").read_text())["features"]
     kinds = {a["event"] for a in card["dataset_approvals"]}
     assert kinds == {"dataset.registered", "dataset.derived"}  # raw data approved; curated/split inherit
     text = w.ok("deploy", BUNDLE, "--alias", "production", "--key", "dep")

@@ -81,10 +81,25 @@ def cmd_repro(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _package_extras(ws: Any) -> Any:
+    """Files a pipeline's `packages:` step signs into the bundle besides the model: the drift reference
+    (`reference.json`) when the step's serving config names reference data (engine.serve, imported only then)."""
+    def extras(pk: Any) -> dict[str, bytes]:
+        if not pk.serving:
+            return {}
+        from engine.serve.packaging import reference_file
+
+        return reference_file(ws.root, ws.p(pk.model), ws.p(pk.serving), None)
+
+    return extras
+
+
 def _repro_once(ws: Any, opts: Any, args: argparse.Namespace) -> tuple[int, str]:
     from engine.run.signed import make_repro
 
     rep = make_repro(ws, opts, args)
+    if getattr(rep, "spec", None) is not None and getattr(rep.spec, "packages", None):
+        rep.package_extras = _package_extras(ws)  # the serving side's drift reference, for `packages:` steps
     if opts.dry:
         rows = rep.dry_run()
         if args.json:

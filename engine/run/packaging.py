@@ -8,6 +8,7 @@ link is missing; otherwise packaged and released through :func:`engine.release.p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from engine.errors import EngineError, ReleaseError
@@ -15,8 +16,12 @@ from engine.errors import EngineError, ReleaseError
 __all__ = ["package_after_run"]
 
 
-def package_after_run(prov: Any, spec: Any, lock: Any, result: Any, err: TextIO) -> list[str]:
-    """Package what ``spec.packages`` declares for ``result``'s run; returns one line per refusal."""
+def package_after_run(prov: Any, spec: Any, lock: Any, result: Any, err: TextIO,
+                      extras: Callable[[Any], dict[str, bytes]] | None = None) -> list[str]:
+    """Package what ``spec.packages`` declares for ``result``'s run; returns one line per refusal.
+
+    ``extras(package)``: more files to sign into the bundle (the CLI passes the serving layer's drift
+    reference; this layer cannot import it)."""
     from engine.provenance.recorder import keys_dir
     from engine.release.package import load_releaser, model_digest, package_run, released
 
@@ -42,7 +47,7 @@ def package_after_run(prov: Any, spec: Any, lock: Any, result: Any, err: TextIO)
             done = package_run(prov, signer, model=prov.ws.p(pk.model), name=pk.name, version=pk.version,
                                run=result.run_id, out=prov.ws.p(pk.out), license=_opt(prov, pk.license),
                                serving=_opt(prov, pk.serving), intended_use=pk.intended_use,
-                               requires_gate=pk.requires_gate)
+                               requires_gate=pk.requires_gate, extra=extras(pk) if extras else None)
         except EngineError as e:
             problems.append(f"{where}: {e}")
             continue

@@ -82,7 +82,8 @@ class ProvenanceRepro(Repro):
             self._packaged = True  # once: the release record cites this run's record and gate results
             from engine.run.packaging import package_after_run
 
-            problems = package_after_run(self.prov, self.spec, self.lock, result, self.err)
+            problems = package_after_run(self.prov, self.spec, self.lock, result, self.err,
+                                         getattr(self, "package_extras", None))
             if problems:
                 from engine.errors import ReleaseError
 
