@@ -393,5 +393,6 @@ def test_packages_step_in_dag_and_spec_errors(w: W) -> None:
     text = w.fails("status")
     assert "pipelines/lifecycle.yaml:" in text and "package 'penguin-classifier': field 'model'" in text
     assert "is not an output of any stage" in text
-    spec.write_text(good.replace("requires_gate: release\n    intended", "requires_gate: nope\n    intended"))
+    assert "    requires_gate: release\n" in good
+    spec.write_text(good.replace("    requires_gate: release\n", "    requires_gate: nope\n"))
     assert "field 'requires_gate': 'nope' is not a gate" in w.fails("status")
