@@ -35,47 +35,38 @@ def _owner(path: str, producers: dict[str, tuple[str, dict[str, Any]]]) -> str |
     return None
 
 
-def _artifacts(ws: Workspace) -> dict[str, dict[str, Any]]:
-    """Path -> the newest run record's DVC artifact entry naming it (name, type, desc, labels, run)."""
+def _run_payloads(ws: Workspace) -> list[dict[str, Any]]:
+    """Every run record's payload in the ledger, in order ([] without provenance or a readable ledger)."""
     from engine.provenance.recorder import Provenance
     from engine.provenance.records import RUN_TYPE
 
     prov = Provenance(ws)
-    found: dict[str, dict[str, Any]] = {}
     if not prov.enabled:
-        return found
+        return []
     try:
         items = list(prov.items())
     except Exception:  # noqa: BLE001 - lineage still works from the lock alone
-        return found
-    for item in items:
-        if item.envelope is None or item.envelope.payload_type != RUN_TYPE or not item.payload:
-            continue
-        for name, a in (item.payload.get("artifacts") or {}).items():
+        return []
+    return [i.payload for i in items if i.envelope is not None and i.envelope.payload_type == RUN_TYPE and i.payload]
+
+
+def _artifacts(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Path -> the newest run record's DVC artifact entry naming it (name, type, desc, labels, run)."""
+    found: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        for name, a in (run.get("artifacts") or {}).items():
             if isinstance(a, dict) and a.get("path"):
-                found[str(a["path"])] = {**a, "name": name, "run": item.payload.get("run_id")}
+                found[str(a["path"])] = {**a, "name": name, "run": run.get("run_id")}
     return found
 
 
-def _runs_by_digest(ws: Workspace) -> dict[str, str]:
-    from engine.provenance.recorder import Provenance
-    from engine.provenance.records import RUN_TYPE
-
-    prov = Provenance(ws)
+def _runs_by_digest(runs: list[dict[str, Any]]) -> dict[str, str]:
     found: dict[str, str] = {}
-    if not prov.enabled:
-        return found
-    try:
-        items = list(prov.items())
-    except Exception:  # noqa: BLE001 - lineage still works from the lock alone
-        return found
-    for item in items:
-        if item.envelope is None or item.envelope.payload_type != RUN_TYPE or not item.payload:
-            continue
-        for stage, s in item.payload.get("stages", {}).items():
+    for run in runs:
+        for stage, s in run.get("stages", {}).items():
             if s.get("state") in ("ran", "restored"):
                 for path, digest in s.get("outs", {}).items():
-                    found.setdefault(f"{stage}|{path}|{digest}", item.payload["run_id"])
+                    found.setdefault(f"{stage}|{path}|{digest}", run["run_id"])
     return found
 
 
@@ -85,7 +76,8 @@ def lineage_graph(ws: Workspace, path: str) -> dict[str, Any]:
     norm = posixpath.normpath(path)
     if _owner(norm, producers) is None:
         raise WorkspaceError(f"{path}: no stage in certus.lock produced it; see 'certus status' or 'certus dag'")
-    runs = _runs_by_digest(ws)
+    payloads = _run_payloads(ws)
+    runs = _runs_by_digest(payloads)
     from engine.datasets.registry import Registry
 
     try:
@@ -124,7 +116,7 @@ def lineage_graph(ws: Workspace, path: str) -> dict[str, Any]:
                                 "source": m.source, "sensitivity": m.sensitivity, "parents": list(m.parents),
                                 "approved_by": (hit.approval or {}).get("approver"),
                                 "approval": m.approval, "produced_by": dict(m.produced_by or {}) or None}
-    for p, a in _artifacts(ws).items():
+    for p, a in _artifacts(payloads).items():
         if p in nodes and a.get("digest") in (None, nodes[p].get("digest")):
             nodes[p]["artifact"] = a
     return {"target": norm, "nodes": nodes, "edges": sorted(set(edges))}
