@@ -26,16 +26,20 @@ import contextlib
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from typing import Any, TextIO
 
 from engine.errors import ExecutorError
 from engine.run.executor import ExecutorSettings, JobResult, StageJob
 
 __all__ = ["DaskExecutor", "task_key"]
+
+_CLOSE_WITHIN = 15.0  # seconds the goodbye to the scheduler may take before the run leaves it
+_RESULT_WITHIN = 120.0  # seconds to fetch a finished task's (small) result from its worker
 
 
 def task_key(run_id: str, job: StageJob, attempt: int = 0) -> str:
@@ -185,10 +189,17 @@ class DaskExecutor:
 
         now = time.time()
         try:
-            r = fut.result()
+            # the task is done when this runs; fetching its small result must not hang the run (or, after a
+            # Ctrl-C, the interpreter's exit, which joins this thread)
+            r = fut.result(timeout=5 if self._stopping else _RESULT_WITHIN)
         except KilledWorker as e:
             return JobResult(job.name, -1, now, now, job.log_path,
                              error=f"{_lost()} ({str(e).splitlines()[0][:200]}); run 'certus repro' again")
+        except CancelledError as e:  # not cancelled by this run: the scheduler dropped it with its worker
+            if not self._stopping:
+                return JobResult(job.name, -1, now, now, job.log_path,
+                                 error=f"{_lost()} ({str(e).splitlines()[0][:200]}); run 'certus repro' again")
+            return JobResult(job.name, -signal.SIGTERM, now, now, job.log_path, error="")
         except Exception as e:  # cancelled, or the runner itself raised
             if self._stopping:
                 return JobResult(job.name, -signal.SIGTERM, now, now, job.log_path, error="")
@@ -263,18 +274,27 @@ class DaskExecutor:
 
     def shutdown(self) -> None:
         self._post.shutdown(wait=not self._stopping, cancel_futures=self._stopping)
+        # Talking to the scheduler can stall (a loaded or dying cluster, a Ctrl-C mid-call): the run's
+        # results are already settled here, so the goodbye is bounded and a stalled one is left behind.
+        done = threading.Thread(target=self._release, name="certus-dask-close", daemon=True)
+        done.start()
+        done.join(_CLOSE_WITHIN)
+        if done.is_alive():
+            sys.stderr.write(f"[certus] the Dask client did not close within {_CLOSE_WITHIN:.0f} s; leaving it\n")
+        if self._staging is not None:
+            self._staging.close()
+
+    def _release(self) -> None:
         if self.client is not None:
             with contextlib.suppress(Exception):
                 self.client.set_metadata(["certus", self.run_id], {})  # the per-task start counts of this run
-        if self._staging is not None:
-            self._staging.close()
         self.close()
 
     def close(self) -> None:
         for thing in (self.client, self.cluster):
             if thing is not None:
                 with contextlib.suppress(Exception):
-                    thing.close()
+                    thing.close(timeout=_CLOSE_WITHIN / 2)
         self.client = self.cluster = None
 
 
