@@ -273,7 +273,10 @@ def test_a_worker_lost_mid_stage_fails_that_stage_and_only_it_runs_again(ws: Any
 def test_ctrl_c_of_the_coordinator_kills_the_remote_process_group(ws: Any, addr: str) -> None:
     _slow_pipeline(ws)
     (ws.root / "HOLD-slow").write_text("")
-    coord = ws.popen("repro", "--scheduler", addr, "slow")
+    # a terminal's Ctrl-C reaches a foreground process whose SIGINT is the default; a test run started in the
+    # background of a non-interactive shell inherits SIGINT ignored, so restore it as a terminal would have it
+    coord = ws.popen("repro", "--scheduler", addr, "slow",
+                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         [shell] = _wait_for(ws.root / "pids/slow")
         assert _alive(shell) and shell not in _children(coord.pid)
