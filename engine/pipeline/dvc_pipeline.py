@@ -22,7 +22,7 @@ from engine.core.paths import path_problem
 from engine.errors import SpecError
 from engine.pipeline.dvc_spec import DEFAULT_PARAMS, DvcFile, DvcStage, find_dvc_files, parse_dvc_file, parsing_config
 from engine.pipeline.dvc_yaml import load_yaml12, read_params_file
-from engine.pipeline.spec import PipelineSpec, StageSpec
+from engine.pipeline.spec import PipelineSpec, StageSpec, lookup_dotted
 from engine.pipeline.spec_problems import _Problems
 
 __all__ = ["DvcStageSpec", "DvcPipelineSpec", "load_dvc_project", "is_dvc_project", "param_values", "shell_cmd",
@@ -76,17 +76,10 @@ def param_label(file: str, key: str) -> str:
 
 
 def _get(data: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
+    """A params key as DVC reads it: a literal dotted key first, else the path (spec's lookup)."""
     if dotted in data:
         return True, data[dotted]
-    cur: Any = data
-    for part in dotted.split("."):
-        if isinstance(cur, Mapping) and part in cur:
-            cur = cur[part]
-        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
-            cur = cur[int(part)]
-        else:
-            return False, None
-    return True, cur
+    return lookup_dotted(data, dotted)
 
 
 def param_values(st: DvcStage, root: str, files: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

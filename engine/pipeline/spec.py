@@ -120,7 +120,8 @@ def _norm_writable(p: Any, probs: _Problems, kp: tuple[Any, ...], stage: str) ->
     return norm
 
 
-def _lookup(cfg: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
+def lookup_dotted(cfg: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
+    """(found, value) at a dotted key path; digits index into lists."""
     cur: Any = cfg
     for part in dotted.split("."):
         if isinstance(cur, Mapping) and part in cur:
@@ -231,7 +232,7 @@ def load_spec_text(text: str, *, path: str, config: Mapping[str, Any]) -> Pipeli
             if not isinstance(key, str):
                 probs.add(kp + ("params", i), name, "params", f"param key {key!r} is not a string")
                 continue
-            ok, value = _lookup(config, key)
+            ok, value = lookup_dotted(config, key)
             if not ok:
                 if config_keys is None:
                     config_keys = _all_keys(config)
