@@ -232,7 +232,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         sys.stderr.write(f"[certus] verify: {msg}\n")
         sys.stderr.flush()
 
-    report = verify_workspace(_ws(args), run=args.run, artifacts=args.artifacts, progress=progress)
+    report = verify_workspace(_ws(args), run=args.run, artifacts=args.artifacts, progress=progress,
+                              every_signature=args.every_signature)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -320,6 +321,9 @@ def register(sub: Any, add: Any) -> None:
     v.add_argument("run", nargs="?", help="verify one run (default: everything)")
     v.add_argument("--all", action="store_true", help="every run (the default)")
     v.add_argument("--artifacts", action="store_true", help="also re-hash workspace outputs and cache objects")
+    v.add_argument("--every-signature", action="store_true",
+                   help="also re-check each gate result's own signature where its run record's signature covers "
+                        "its bytes (for a consumer that takes a gate result alone)")
     v.add_argument("--json", action="store_true")
     led = sub.add_parser("ledger", help="ledger maintenance and proofs", description="ledger maintenance and proofs")
     lsub = led.add_subparsers(dest="ledger_command", metavar="ACTION")

@@ -309,10 +309,12 @@ class Provenance:
         """Sign ``payload`` with a ``role`` key, append it to the ledger; caller holds the lock."""
         return self.append_records([(payload_type, payload, role)])[0]
 
-    def append_records(self, records: Sequence[tuple[str, Mapping[str, Any], str]],
+    def append_records(self, records: Sequence[tuple[str, Mapping[str, Any], str] | bytes],
                        on_commit: Callable[[list[tuple[int, bytes]]], None] | None = None
                        ) -> list[tuple[int, bytes]]:
         """Sign and append records under one checkpoint; returns ``(index, envelope bytes)`` for each.
+
+        A record is ``(payload type, payload, role)``, or the bytes of an envelope signed already.
 
         The ledger's first append starts with a ``trust.genesis`` record pinning ``trust.json``.
         Ctrl-C and SIGTERM are held back from the append to ``on_commit`` (which records what
@@ -320,8 +322,9 @@ class Provenance:
         """
         from engine.provenance.trust_log import GENESIS, TRUST_TYPE, trust_payload
 
-        signed = [sign_envelope(t, canonical_bytes(dict(p)), [self.signer(role)]).to_json_bytes()
-                  for t, p, role in records]
+        signed = [r if isinstance(r, bytes) else
+                  sign_envelope(r[0], canonical_bytes(dict(r[1])), [self.signer(r[2])]).to_json_bytes()
+                  for r in records]
         with self.ledger_lock(exclusive=True):
             ledger = self.open_ledger()
             self.check_appendable(ledger)
@@ -446,11 +449,13 @@ class Provenance:
         return out
 
     def record_run(self, rep: Any, result: Any, git: Mapping[str, Any],
-                   on_commit: Callable[[RunRecord], None] | None = None) -> RunRecord:
-        """Attest every executed/restored stage, sign the run record, append it (see run_record)."""
+                   on_commit: Callable[[RunRecord], None] | None = None,
+                   gate_results: Sequence[tuple[str, bytes]] = ()) -> tuple[RunRecord, list[int]]:
+        """Attest every executed/restored stage, sign the run record, append it and the run's gate
+        results (see run_record); returns the record and the gate results' ledger indexes."""
         from engine.provenance.run_record import record_run
 
-        return record_run(self, rep, result, git, on_commit)
+        return record_run(self, rep, result, git, on_commit, gate_results)
 
 def python_info() -> str:
     return sys.version.split()[0]

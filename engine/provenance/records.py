@@ -72,9 +72,15 @@ class RunRecord:
     failed: Sequence[str] = field(default_factory=tuple)
     # DVC `artifacts:` (name -> {path, type, desc, labels, meta, digest}): written only when a project declares them
     artifacts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # the gate results this run evaluated, [{gate, sha256 of the envelope}] by gate: the results follow the record
+    # in the same append, and this signature covers their bytes (verify checks them through it: issue 11)
+    gate_results: Sequence[Mapping[str, str]] = field(default_factory=tuple)
 
     def to_dict(self) -> dict[str, Any]:
-        extra = {"artifacts": {k: dict(v) for k, v in sorted(self.artifacts.items())}} if self.artifacts else {}
+        extra: dict[str, Any] = {"artifacts": {k: dict(v) for k, v in sorted(self.artifacts.items())}} \
+            if self.artifacts else {}
+        if self.gate_results:
+            extra["gate_results"] = [dict(g) for g in self.gate_results]
         return {**extra,
             "_type": "https://certus.dev/RunRecord/v1",
             "run_id": self.run_id, "started": self.started, "finished": self.finished, "status": self.status,
@@ -91,7 +97,8 @@ class RunRecord:
                    git=d["git"], config=d["config"], overrides=d["overrides"], pipeline=d["pipeline"],
                    spec_sha256=d["spec_sha256"], lock_sha256=d["lock_sha256"], stages=d["stages"],
                    attestations=d["attestations"], merkle_root=d["merkle_root"], previous=d["previous"],
-                   failed=d.get("failed", ()), artifacts=d.get("artifacts") or {})
+                   failed=d.get("failed", ()), artifacts=d.get("artifacts") or {},
+                   gate_results=d.get("gate_results") or ())
 
 
 @dataclass(frozen=True, slots=True)

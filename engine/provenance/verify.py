@@ -87,7 +87,8 @@ def checkpoint_verifiers(history: TrustHistory, trust: TrustStore, origin: str) 
 
 
 def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool = False,
-                     update_witness: bool = True, progress: Callable[[str], None] | None = None) -> Report:
+                     update_witness: bool = True, progress: Callable[[str], None] | None = None,
+                     every_signature: bool = False) -> Report:
     """Check everything (see the module docstring); ``progress`` hears of each long phase."""
     from engine.provenance.recorder import Provenance, ledger_dir
 
@@ -105,12 +106,13 @@ def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool =
         return report
     with prov.ledger_lock(exclusive=False):  # a consistent snapshot: no append half seen
         _verify_ledger(ws, prov, trust, ldir, report, run=run, artifacts=artifacts,
-                       update_witness=update_witness, progress=progress)
+                       update_witness=update_witness, progress=progress, every_signature=every_signature)
     return report
 
 
 def _verify_ledger(ws: Workspace, prov: Any, trust: TrustStore, ldir: str, report: Report, *, run: str | None,
-                   artifacts: bool, update_witness: bool, progress: Callable[[str], None] | None) -> None:
+                   artifacts: bool, update_witness: bool, progress: Callable[[str], None] | None,
+                   every_signature: bool = False) -> None:
     from engine.provenance.ledger import Ledger
     from engine.provenance.recorder import remember_checkpoint, witness_path
     from engine.provenance.rederive import SpecSource
@@ -151,7 +153,7 @@ def _verify_ledger(ws: Workspace, prov: Any, trust: TrustStore, ldir: str, repor
     try:
         say(f"checking {len(raws):,} ledger entries (signatures, run records, attestations) and every "
             f"checkpoint, on {cpu_count()} core(s)")
-        ctx = Context(prov, judge, run, SpecSource(ws.root))
+        ctx = Context(prov, judge, run, SpecSource(ws.root), every_signature)
         slices = fork_map(lambda part: check_entries(ctx, part), list(enumerate(raws)))
         structure, checkpoint_signers = structure_job.result()
     finally:
