@@ -36,7 +36,7 @@ from engine.provenance.local_state import (  # noqa: F401  (re-exported)
     remembered_checkpoint,
     witness_path,
 )
-from engine.provenance.records import EVENT_ROLES, EVENT_TYPE, RUN_TYPE, Event, RunRecord
+from engine.provenance.records import EVENT_ROLES, EVENT_TYPE, Event, RunRecord
 from engine.provenance.run_record import restore_source  # noqa: F401  (re-exported)
 from engine.provenance.statement import rfc3339
 from engine.provenance.trust import TRUST_FILE, TrustStore
@@ -346,9 +346,7 @@ class Provenance:
 
     def append_event(self, kind: str, subject: str, details: Mapping[str, Any], *, role: str | None = None) -> int:
         ev = Event(kind=kind, time=rfc3339(now_utc().timestamp()), subject=subject, details=details)
-        previous = self.previous_run_hash()
         index, _ = self.append(EVENT_TYPE, ev.to_dict(), role or EVENT_ROLES.get(kind, "trainer"))
-        self._write_head(previous, index + 1)
         return index
 
     def change_trust(self, new: TrustStore) -> int | None:
@@ -368,9 +366,7 @@ class Provenance:
             if not summary:
                 return None
             payload = trust_payload(CHANGED, new, rfc3339(now_utc().timestamp()), summary)
-            previous = self.previous_run_hash()
             index, _ = self.append(TRUST_TYPE, payload, "admin")
-            self._write_head(previous, index + 1)
         self.save_trust(new)
         return index
 
@@ -393,36 +389,6 @@ class Provenance:
                 yield LedgerItem(i, raw, env, payload)
             except (SignatureError, ValueError) as e:
                 yield LedgerItem(i, raw, None, None, str(e))
-
-    def _head_path(self) -> str:
-        return self.ws.p(PROV_DIR, "HEAD")
-
-    def previous_run_hash(self) -> str | None:
-        """Hash of the last run record in the ledger.
-
-        ``.certus/provenance/HEAD`` remembers it with the ledger size it was written at; it is
-        trusted only while the ledger still has exactly that size (a crash between the ledger
-        commit and the HEAD write, or an append since, makes us read the ledger instead).
-        """
-        ledger = self.open_ledger(create=True)
-        try:
-            with open(self._head_path(), "rb") as f:
-                head = json.loads(f.read())
-            if int(head["ledger_size"]) == ledger.size:
-                return head["sha256"] if head["sha256"] else None
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        last = None
-        for raw in ledger.entries():
-            try:
-                if Envelope.from_json_bytes(raw).payload_type == RUN_TYPE:
-                    last = sha256_hex(raw)
-            except SignatureError:
-                continue
-        return last
-
-    def _write_head(self, sha: str | None, ledger_size: int) -> None:
-        atomic_write(self._head_path(), json.dumps({"sha256": sha or "", "ledger_size": ledger_size}).encode())
 
     # -- runs ------------------------------------------------------------------------------------
 

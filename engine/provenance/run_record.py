@@ -122,15 +122,13 @@ def record_run(prov: Any, rep: Any, result: Any, git: Mapping[str, Any],
         status=result.status, git=dict(git), config=result.config, overrides=list(result.overrides),
         pipeline=rep.spec.path, spec_sha256=spec_sha, lock_sha256=lock_sha, stages=stages,
         attestations=[{"stage": n, "sha256": digests[n], "path": rel_bundle} for n, _ in envelopes],
-        merkle_root=attestation_root([e for _, e in envelopes]), previous=prov.previous_run_hash(),
+        merkle_root=attestation_root([e for _, e in envelopes]),
         failed=sorted(n for n, o in result.outcomes.items() if o.state == "failed"),
         artifacts=_artifacts(rep.spec, result),
         gate_results=[{"gate": g, "sha256": sha256_hex(e)} for g, e in sorted(gate_results)],
     )
 
     def committed(done: list[tuple[int, bytes]]) -> None:
-        at, data = done[0]
-        prov._write_head(sha256_hex(data), done[-1][0] + 1)  # the run-chain head: this record
         if on_commit is not None:
             on_commit(record)
 

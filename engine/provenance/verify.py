@@ -34,7 +34,7 @@ from engine.errors import EngineError, SignatureError
 from engine.provenance import merkle
 from engine.provenance.trust import TrustStore
 from engine.provenance.trust_log import CLOCK_SKEW, TRUST_TYPE, TrustHistory
-from engine.provenance.verify_runs import Context, Report, Slice, check_entries
+from engine.provenance.verify_runs import UNLINKED, Context, Report, Slice, check_entries
 from engine.store.workspace import Workspace
 
 __all__ = ["VerifyReport", "checkpoint_verifiers", "trust_history_of", "verify_workspace"]
@@ -212,7 +212,9 @@ def _check_chain(entries: Slice, run: str | None, report: Report) -> None:
             report.fail(f"{where}: run '{run_id}' is recorded a second time (first in {first[run_id]}): a run is "
                         "recorded exactly once; a replayed or duplicated record")
         first.setdefault(run_id, where.split(" (")[0])
-        if claimed != previous_run:
+        if claimed == UNLINKED:  # no link: the ledger's (sequenced, checkpointed) order is the order
+            report.count("run records ordered by the ledger")
+        elif claimed != previous_run:
             report.fail(f"{where}: previous-record hash {str(claimed)[:16]}… does not match the "
                         f"preceding run record ({str(previous_run)[:16]}…): the chain of runs is broken")
         else:

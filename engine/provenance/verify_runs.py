@@ -177,6 +177,9 @@ def _role_and_time(ptype: str, payload: dict[str, Any]) -> tuple[str, Any] | Non
     return None
 
 
+UNLINKED = "-"  # a run record without ``previous``: ordered by the ledger alone (its sequencer's position)
+
+
 def check_entries(ctx: Context, part: Sequence[tuple[int, bytes]]) -> Slice:
     out = Slice()
     report = out.report
@@ -262,7 +265,7 @@ def check_entries(ctx: Context, part: Sequence[tuple[int, bytes]]) -> Slice:
             out.listed_gates.append((index, where, run_id, str(g.get("gate")), str(g.get("sha256"))))
             if trusted and len(report.failures) == failed:
                 covers[str(g.get("sha256"))] = signers
-        out.runs.append((index, where, payload.get("previous"), sha256_hex(raw), run_id))
+        out.runs.append((index, where, payload.get("previous", UNLINKED), sha256_hex(raw), run_id))
         _verify_run(ctx, payload, at, index, where, out)
     return out
 
