@@ -17,8 +17,10 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from engine.adapters.shared_log import Remote, Snapshot, check_entries
 from engine.errors import SharedLogError, Unreachable
@@ -40,6 +42,39 @@ def _chunk_name(i: int) -> str:
     return f"{i:08d}.jsonl"
 
 
+class _Unknown:
+    """This client has not seen the remote's tip yet (or lost a race since)."""
+
+
+_UNKNOWN = _Unknown()
+
+
+@dataclass(frozen=True, slots=True)
+class _Head:
+    """What an append needs of a tip, kept from the last read or append so the append right after a
+    read costs no object reads."""
+
+    tip: str
+    size: int
+    chunk: int
+    checkpoint: bytes
+    chunks: dict[str, str]  # entries/ chunk name -> blob id
+    last: list[bytes]  # the entries of the last chunk when it is partial, else []
+
+
+def _parse_tree(data: bytes, oid_len: int) -> dict[str, str]:
+    """``name -> hex id`` of a raw tree object (``<mode> <name>\\0<binary id>`` records)."""
+    out, i = {}, 0
+    while i < len(data):
+        nul = data.index(b"\0", i)
+        mode, _, name = data[i:nul].partition(b" ")
+        if mode != b"100644":
+            raise ValueError(f"{name!r} is not a plain file")
+        out[name.decode()] = data[nul + 1:nul + 1 + oid_len].hex()
+        i = nul + 1 + oid_len
+    return out
+
+
 class GitSharedLog:
     """A :class:`~engine.adapters.shared_log.SharedLog` on ``refs/certus/ledger`` of a git remote."""
 
@@ -51,6 +86,7 @@ class GitSharedLog:
         self.new_chunk = chunk
         self._env = {**os.environ, **_IDENT, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", "LANGUAGE": "C"}
         self._locked_since: float | None = None
+        self._known: _Head | None | _Unknown = _UNKNOWN  # the remote's tip as of this client's last read/append
         self.lock_patience = LOCK_PATIENCE_S
 
     # --- git plumbing ------------------------------------------------------------------------
@@ -95,19 +131,26 @@ class GitSharedLog:
         out = self._git("rev-parse", "--verify", "--quiet", f"{self.tracking}^{{commit}}", check=False)
         return out.stdout.decode().strip() if out.returncode == 0 else None
 
-    # --- reading a tree ----------------------------------------------------------------------
+    # --- reading a tip -----------------------------------------------------------------------
 
-    def _head(self, cat: _Cat, tip: str) -> tuple[int, int, bytes | None]:
-        """(size, chunk length, checkpoint) of the commit ``tip``."""
+    def _load(self, cat: _Cat, tip: str) -> _Head:
+        """The head of the commit ``tip``, its last partial chunk included."""
         try:
             size = int(cat.get(f"{tip}:size"))
             chunk = int(cat.get(f"{tip}:chunk"))
-            checkpoint = cat.get(f"{tip}:checkpoint")
         except ValueError as e:
             raise self._malformed(tip, "its size or chunk file is not a number") from e
-        if size < 0 or chunk < 1:
+        if size < 1 or chunk < 1:
             raise self._malformed(tip, "its size or chunk is out of range")
-        return size, chunk, checkpoint
+        checkpoint = cat.get(f"{tip}:checkpoint")
+        try:
+            chunks = _parse_tree(cat.get(f"{tip}:entries", "tree"), len(tip) // 2)
+        except ValueError as e:
+            raise self._malformed(tip, f"entries/ holds something else than chunk files: {e}") from e
+        if set(chunks) != {_chunk_name(i) for i in range((size + chunk - 1) // chunk)}:
+            raise self._malformed(tip, "its entries/ chunks do not match its size")
+        last = self._chunk_lines(cat, tip, size // chunk, size, chunk) if size % chunk else []
+        return _Head(tip, size, chunk, checkpoint, chunks, last)
 
     def _chunk_lines(self, cat: _Cat, tip: str, i: int, size: int, chunk: int) -> list[bytes]:
         data = cat.get(f"{tip}:entries/{_chunk_name(i)}")
@@ -125,75 +168,88 @@ class GitSharedLog:
     def read(self, start: int = 0) -> Snapshot:
         tip = self._fetch()
         if tip is None:
+            self._known = None
             return Snapshot(0, 0, (), None)
         with _Cat(self, tip) as cat:
-            size, chunk, checkpoint = self._head(cat, tip)
+            head = self._load(cat, tip)
+            size, chunk = head.size, head.chunk
             start = max(0, min(start, size))
             entries: list[bytes] = []
             for i in range(start // chunk, (size + chunk - 1) // chunk):
-                lines = self._chunk_lines(cat, tip, i, size, chunk)
+                lines = head.last if (i + 1) * chunk > size else self._chunk_lines(cat, tip, i, size, chunk)
                 entries.extend(lines[max(0, start - i * chunk):])
-        return Snapshot(size, start, tuple(entries), checkpoint)
+        self._known = head
+        return Snapshot(size, start, tuple(entries), head.checkpoint)
 
     def append(self, expected_size: int, entries: Sequence[bytes], checkpoint: bytes) -> bool:
         check_entries(self.remote, entries, checkpoint)
         if not entries:
             raise SharedLogError(f"remote '{self.remote.name}': an append needs at least one entry")
-        tip = self._tip()
-        size = self._size(tip)
-        if size != expected_size:  # the last fetch may be stale: look once more before giving up
-            tip = self._fetch()
-            size = self._size(tip)
-            if size != expected_size:
+        base = self._known
+        if base is _UNKNOWN or (base.size if base else 0) != expected_size:
+            tip = self._fetch()  # the tip this client knows is absent or another: look at the remote's
+            if tip is None:
+                base = None
+            else:
+                with _Cat(self, tip) as cat:
+                    base = self._load(cat, tip)
+            self._known = base
+            if (base.size if base else 0) != expected_size:
                 return False
-        commit = self._build(tip, size, list(entries), checkpoint)
-        return self._push(commit)
+        assert not isinstance(base, _Unknown)
+        commit, head = self._build(base, list(entries), checkpoint)
+        if self._push(commit):
+            self._known = head
+            return True
+        self._known = _UNKNOWN
+        return False
 
-    def _size(self, tip: str | None) -> int:
-        if tip is None:
-            return 0
-        with _Cat(self, tip) as cat:
-            return self._head(cat, tip)[0]
-
-    def _build(self, tip: str | None, size: int, new: list[bytes], checkpoint: bytes) -> str:
-        """Write the blobs, trees and commit of ``tip`` + ``new``; the new commit's id."""
-        chunks: dict[str, str] = {}  # name -> blob id of the chunks kept from tip
-        chunk = self.new_chunk
-        first: list[bytes] = []  # the entries already in the last, partial chunk
-        if tip is not None:
-            with _Cat(self, tip) as cat:
-                _, chunk, _ = self._head(cat, tip)
-                if size % chunk:
-                    first = self._chunk_lines(cat, tip, size // chunk, size, chunk)
-            listing = self._git("ls-tree", "-z", f"{tip}:entries").stdout.split(b"\0")
-            for item in filter(None, listing):
-                meta, name = item.decode().split("\t", 1)
-                chunks[name] = meta.split()[2]
-        lines = first + new
-        base = size - len(first)  # index of lines[0]; a multiple of chunk
-        for off in range(0, len(lines), chunk):
-            body = b"".join(e + b"\n" for e in lines[off:off + chunk])
-            chunks[_chunk_name((base + off) // chunk)] = self._blob(body)
+    def _build(self, base: _Head | None, new: list[bytes], checkpoint: bytes) -> tuple[str, _Head]:
+        """Write the blobs, trees and commit of ``base`` + ``new``: the commit's id and its head."""
+        size = base.size if base else 0
+        chunk = base.chunk if base else self.new_chunk
+        chunks = dict(base.chunks) if base else {}
+        lines = (base.last if base else []) + new
+        first = size - len(base.last if base else [])  # index of lines[0]; a multiple of chunk
+        names = [_chunk_name((first + off) // chunk) for off in range(0, len(lines), chunk)]
+        bodies = [b"".join(e + b"\n" for e in lines[off:off + chunk]) for off in range(0, len(lines), chunk)]
+        oids = self._blobs([*bodies, checkpoint, b"%d\n" % chunk, b"%d\n" % (size + len(new))])
+        chunks.update(zip(names, oids, strict=False))
         entries_tree = self._git("mktree", "-z", stdin=b"".join(
             f"100644 blob {oid}\t{name}\0".encode() for name, oid in sorted(chunks.items()))).stdout.strip()
-        root = [("checkpoint", self._blob(checkpoint)), ("chunk", self._blob(b"%d\n" % chunk)),
-                ("size", self._blob(b"%d\n" % (size + len(new))))]
+        root = zip(("checkpoint", "chunk", "size"), oids[len(bodies):], strict=True)
         tree = self._git("mktree", "-z", stdin=b"".join(
             [f"100644 blob {oid}\t{name}\0".encode() for name, oid in root]
             + [b"040000 tree " + entries_tree + b"\tentries\0"])).stdout.decode().strip()
-        parent = ["-p", tip] if tip else []
+        parent = ["-p", base.tip] if base else []
         msg = f"certus ledger: {len(new)} entries at {size}, size {size + len(new)}\n".encode()
-        return self._git("commit-tree", tree, *parent, stdin=msg).stdout.decode().strip()
+        commit = self._git("commit-tree", tree, *parent, stdin=msg).stdout.decode().strip()
+        total = size + len(new)
+        return commit, _Head(commit, total, chunk, checkpoint, chunks, lines[len(lines) - total % chunk:]
+                             if total % chunk else [])
 
-    def _blob(self, data: bytes) -> str:
-        return self._git("hash-object", "-w", "--stdin", stdin=data).stdout.decode().strip()
+    def _blobs(self, bodies: list[bytes]) -> list[str]:
+        """Write ``bodies`` as blobs with one ``hash-object`` process; their ids."""
+        with tempfile.TemporaryDirectory(prefix="certus-ledger-") as d:
+            paths = []
+            for i, body in enumerate(bodies):
+                paths.append(os.path.join(d, str(i)))
+                with open(paths[-1], "wb") as f:
+                    f.write(body)
+            out = self._git("hash-object", "-w", "--no-filters", "--stdin-paths",
+                            stdin="".join(p + "\n" for p in paths).encode())
+        oids = out.stdout.decode().split()
+        if len(oids) != len(bodies):
+            raise SharedLogError(f"remote '{self.remote.name}': git hash-object wrote {len(oids)} of "
+                                 f"{len(bodies)} objects")
+        return oids
 
     def _push(self, commit: str) -> bool:
         out = self._git("push", "--porcelain", self.git_remote, f"{commit}:{LEDGER_REF}", check=False)
         status = [ln for ln in out.stdout.decode("utf-8", "replace").splitlines() if "\t" in ln]
         if out.returncode == 0 and status and status[0][0] in " *=":
             self._locked_since = None
-            self._git("update-ref", self.tracking, commit, check=False)  # our append is the tip we know
+            self._git("update-ref", self.tracking, commit, check=False)  # our append is the tip we know now
             return True
         summary = status[0].split("\t", 2)[-1] if status else ""
         detail = (summary + " " + out.stderr.decode("utf-8", "replace")).lower()
@@ -240,12 +296,12 @@ class _Cat:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 
-    def get(self, spec: str) -> bytes:
+    def get(self, spec: str, kind: str = "blob") -> bytes:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(spec.encode() + b"\n")
         self.proc.stdin.flush()
         header = self.proc.stdout.readline().split()
-        if len(header) != 3 or header[1] != b"blob":
-            raise self.log._malformed(self.tip, f"'{spec.split(':', 1)[1]}' is missing or not a file")
+        if len(header) != 3 or header[1] != kind.encode():
+            raise self.log._malformed(self.tip, f"'{spec.split(':', 1)[1]}' is missing or not a {kind}")
         data = self.proc.stdout.read(int(header[2]) + 1)
         return data[:-1]
