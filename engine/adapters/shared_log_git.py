@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from engine.adapters.shared_log import Remote, Snapshot, check_entries
+from engine.adapters.shared_log_types import Remote, Snapshot, check_entries
 from engine.errors import SharedLogError, Unreachable
 
 __all__ = ["GitSharedLog", "LEDGER_REF", "CHUNK"]

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from engine.adapters.shared_log import Remote, Snapshot, check_entries
+from engine.adapters.shared_log_types import Remote, Snapshot, check_entries
 from engine.errors import SharedLogError, Unreachable
 
 __all__ = ["PgSharedLog", "split_log", "DEFAULT_LOG"]
