@@ -47,7 +47,7 @@ if spec["kind"] == "git":
     log = GitSharedLog(Remote("origin", "git"), spec["workspace"], chunk=spec["chunk"])
 else:
     from engine.adapters.shared_log_pg import PgSharedLog
-    log = PgSharedLog(Remote("team", spec["url"]))
+    log = PgSharedLog(Remote("team", spec["url"]), idle_timeout_s=spec.get("idle", 30))
 w, known = spec["writer"], 0
 for k in range(spec["k"]):
     entry = json.dumps({"w": w, "k": k}).encode()
@@ -209,15 +209,7 @@ def test_sigkill_mid_append_leaves_a_usable_log(backend, tmp_path):
                      ' sleep 60; fi\n')
         env = {"CERTUS_TEST_MARK": str(mark)}
     else:
-        admin = backend.client()
-        admin.read()  # creates the tables
-        admin._conn.execute(
-            "CREATE OR REPLACE FUNCTION certus_test_hold() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            "IF current_setting('certus.test_victim', true) = '1' THEN PERFORM pg_sleep(3); END IF; "
-            "RETURN NEW; END $$")
-        admin._conn.execute("CREATE OR REPLACE TRIGGER certus_test_hold BEFORE INSERT ON certus_ledger_entries "
-                            "FOR EACH ROW EXECUTE FUNCTION certus_test_hold()")
-        admin._conn.commit()
+        admin = _hold_victim(backend, "INSERT ON certus_ledger_entries", 3)
         env = {"PGOPTIONS": "-c certus.test_victim=1"}
     victim = _writer(backend.spec(99, 3), env)
     deadline = time.monotonic() + 60
@@ -237,6 +229,20 @@ def test_sigkill_mid_append_leaves_a_usable_log(backend, tmp_path):
     if backend.kind == "pg":
         admin._conn.execute("DROP TRIGGER certus_test_hold ON certus_ledger_entries")
         admin._conn.commit()
+
+
+def _hold_victim(backend, event: str, seconds: float):
+    """A trigger that holds the victim's session (PGOPTIONS sets certus.test_victim) inside its append."""
+    admin = backend.client()
+    admin.read()  # creates the tables
+    admin._conn.execute(
+        "CREATE OR REPLACE FUNCTION certus_test_hold() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"IF current_setting('certus.test_victim', true) = '1' THEN PERFORM pg_sleep({seconds}); END IF; "
+        "RETURN NEW; END $$")
+    admin._conn.execute(f"CREATE OR REPLACE TRIGGER certus_test_hold BEFORE {event} "
+                        "FOR EACH ROW EXECUTE FUNCTION certus_test_hold()")
+    admin._conn.commit()
+    return admin
 
 
 def _victim_waiting(backend, mark: Path) -> bool:
@@ -375,6 +381,29 @@ def test_pg_logs_in_one_database_are_separate(pg_server):  # noqa: F811
     assert split_log(Remote("c", "postgresql://h/db")) == ("postgresql://h/db", "certus")
     with pytest.raises(SharedLogError, match="log='a b'"):
         split_log(Remote("c", "postgresql://h/db?log=a b"))
+
+
+def test_pg_writer_frozen_inside_an_append_does_not_block_the_others(pg_server, tmp_path):  # noqa: F811
+    """A client stopped (SIGSTOP: its connection stays open, as with a frozen or unplugged machine) after
+    its last statement but before COMMIT holds the head row's lock; the session's idle-in-transaction
+    timeout ends it, the append is rolled back, and the other writers go on."""
+    backend = PgBackend(pg_server, "t_frozen")
+    admin = _hold_victim(backend, "UPDATE ON certus_ledger_head", 1)
+    victim = _writer({**backend.spec(99, 1), "idle": 1.5}, {"PGOPTIONS": "-c certus.test_victim=1"})
+    try:
+        deadline = time.monotonic() + 60
+        while not _victim_waiting(backend, tmp_path):
+            assert victim.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        os.killpg(victim.pid, signal.SIGSTOP)  # frozen before its COMMIT, connection open
+        others = [_writer(backend.spec(w, 2)) for w in range(3)]
+        _finish(others, timeout=60)
+    finally:
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait()
+        admin._conn.execute("DROP TRIGGER certus_test_hold ON certus_ledger_head")
+        admin._conn.commit()
+    _check_log(backend.client().read(), {w: 2 for w in range(3)})
 
 
 # --- remotes.json and dispatch ------------------------------------------------------------------

@@ -22,6 +22,7 @@ from engine.errors import SharedLogError, Unreachable
 __all__ = ["PgSharedLog", "split_log", "DEFAULT_LOG"]
 
 DEFAULT_LOG = "certus"
+IDLE_TIMEOUT_S = 30.0  # see _connect
 _LOG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 _SCHEMA_LOCK = 0x63657274  # "cert": serialises concurrent CREATE TABLE IF NOT EXISTS
 _SCHEMA = """
@@ -53,10 +54,11 @@ def _reason(e: BaseException) -> str:
 class PgSharedLog:
     """A :class:`~engine.adapters.shared_log.SharedLog` in a PostgreSQL database."""
 
-    def __init__(self, remote: Remote, *, connect_timeout: int = 10) -> None:
+    def __init__(self, remote: Remote, *, connect_timeout: int = 10, idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
         self.remote = remote
         self.dsn, self.log = split_log(remote)
         self.connect_timeout = connect_timeout
+        self.idle_timeout_s = idle_timeout_s
         self._conn: Any = None
 
     def _connect(self) -> Any:
@@ -76,7 +78,12 @@ class PgSharedLog:
             raise Unreachable(f"remote '{self.remote.name}': cannot connect to PostgreSQL ({_reason(e)}); check "
                               f"the URL, the server and PGPASSWORD / ~/.pgpass, then sync again") from e
         try:
+            # a client that vanishes inside an append without closing its connection (a frozen or
+            # unplugged machine) would hold the head row's lock until TCP gives up (hours): the server
+            # ends such a session after this long, rolling its append back
             with conn.transaction():
+                conn.execute("SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+                             (f"{int(self.idle_timeout_s * 1000)}",))
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                 for stmt in filter(str.strip, _SCHEMA.split(";")):
                     conn.execute(stmt)
