@@ -338,6 +338,9 @@ def register(sub: Any, add: Any) -> None:
     from engine.cli.witness import register as register_witness
 
     register_witness(lsub)
+    from engine.cli.ledger_remote import register as register_remote
+
+    register_remote(lsub)
     _ = KeyError_
     from engine.cli.datasets import register as register_datasets
 

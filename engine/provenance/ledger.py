@@ -344,8 +344,13 @@ class Ledger:
         """Append one entry and sign the new checkpoint; returns (index, checkpoint). O(log n)."""
         return self.append_many([entry], signer)
 
-    def append_many(self, entries: Sequence[bytes], signer: NoteSigner) -> tuple[int, Checkpoint]:
-        """Append entries under one new checkpoint; returns (first index, checkpoint)."""
+    def append_many(self, entries: Sequence[bytes], signer: NoteSigner | None,
+                    note: str | None = None) -> tuple[int, Checkpoint]:
+        """Append entries under one new checkpoint; returns (first index, checkpoint).
+
+        ``note``: a checkpoint another writer of a shared log already signed for exactly this tree
+        (taken as it is, after checking its origin, size and root), instead of signing one.
+        """
         if self._damage:
             raise LedgerError(f"{self.path}: not appending to a damaged ledger: {self._damage[0]}")
         if self._torn:
@@ -361,7 +366,15 @@ class Ledger:
             frames.append(_frame(i, entry, leaf))
             frontier = frontier.append(leaf)
         cp = Checkpoint(origin=self.origin, size=frontier.size, root_hash=frontier.root())
-        note = cp.sign(signer).to_text()
+        if note is None:
+            if signer is None:
+                raise LedgerError(f"{self.path}: no signer for the checkpoint of size {cp.size}")
+            note = cp.sign(signer).to_text()
+        else:
+            given = _parse_checkpoint(note)
+            if (given.origin, given.size, given.root_hash) != (cp.origin, cp.size, cp.root_hash):
+                raise LedgerError(f"{self.path}: the checkpoint given for size {cp.size} is for "
+                                  f"{given.origin} size {given.size}, root {given.root_hash.hex()[:16]}…")
         data, line = b"".join(frames), _encode_note_line(note)
         new = _State(self.origin, frontier, old.entries_bytes + len(data), old.checkpoints_bytes + len(line))
         hook = self._hook

@@ -158,7 +158,7 @@ class Context:
     every_signature: bool = False  # also re-check signatures a verified run record already covers
 
 
-def _role_and_time(ptype: str, payload: dict[str, Any]) -> tuple[str, Any] | None:
+def role_and_time(ptype: str, payload: dict[str, Any]) -> tuple[str, Any] | None:
     """The role a record's kind requires and the time it claims (None: unknown kind)."""
     if ptype == RUN_TYPE:
         return "trainer", payload.get("finished") or payload.get("started", "")
@@ -196,7 +196,7 @@ def check_entries(ctx: Context, part: Sequence[tuple[int, bytes]]) -> Slice:
         except (SignatureError, ValueError) as e:
             report.fail(f"{where}: not a DSSE envelope: {e}")
             continue
-        kind = _role_and_time(env.payload_type, payload)
+        kind = role_and_time(env.payload_type, payload)
         if kind is None:
             report.fail(f"{where}: unknown payloadType '{env.payload_type}'; expected {RUN_TYPE}, {EVENT_TYPE}, "
                         f"{TRUST_TYPE}, {WAIVER_TYPE}, {RELEASE_TYPE} or a gate result or deploy VSA ({PAYLOAD_TYPE})")

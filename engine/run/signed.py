@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from engine.run.repro import Repro, ReproOptions, ReproResult
@@ -79,17 +80,24 @@ class ProvenanceRepro(Repro):
                        f"attestation(s), merkle root {self.record.merkle_root[:16]}…) appended to the ledger\n")
         if self._gates is not None:  # gate results evaluated in this run: listed in its record, appended after it
             self._gates.committed(at, self.err)
-        if self.spec.packages and result.status == "succeeded" and not self._packaged:
-            self._packaged = True  # once: the release record cites this run's record and gate results
-            from engine.run.packaging import package_after_run
+        problems: list[str] = []
+        try:
+            if self.spec.packages and result.status == "succeeded" and not self._packaged:
+                self._packaged = True  # once: the release record cites this run's record and gate results
+                from engine.run.packaging import package_after_run
 
-            problems = package_after_run(self.prov, self.spec, self.lock, result, self.err,
-                                         getattr(self, "package_extras", None))
-            if problems:
-                from engine.errors import ReleaseError
+                problems = package_after_run(self.prov, self.spec, self.lock, result, self.err,
+                                             getattr(self, "package_extras", None))
+        finally:
+            if os.path.exists(os.path.join(self.ws.root, ".certus", "remotes.json")):
+                from engine.run.ledger_remotes import sync_remotes  # a team's shared log (issue 16)
 
-                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-                raise ReleaseError(problems[0] + more)
+                sync_remotes(self.prov, self.err)
+        if problems:
+            from engine.errors import ReleaseError
+
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise ReleaseError(problems[0] + more)
 
 
     def _register_derived(self, result: ReproResult) -> None:
