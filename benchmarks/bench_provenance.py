@@ -112,7 +112,6 @@ def bench_verify(runs: int, batch_size: int = 1, keep: str | None = None, gates:
         ledger = Ledger.open(os.path.join(ws.root, ".certus", "ledger"), origin=origin)
         spec_sha = hashlib.sha256(SPEC.encode()).hexdigest()
         t_start = time.time()
-        previous = None
         t0 = time.perf_counter()
         batch: list[bytes] = []
 
@@ -144,11 +143,10 @@ def bench_verify(runs: int, batch_size: int = 1, keep: str | None = None, gates:
                                               "attestation": hashlib.sha256(env).hexdigest()}},
                             attestations=[{"stage": "train", "sha256": hashlib.sha256(env).hexdigest(),
                                            "path": "x"}],
-                            merkle_root=attestation_root([env]), previous=previous,
+                            merkle_root=attestation_root([env]),
                             gate_results=[{"gate": "release", "sha256": hashlib.sha256(gate_env).hexdigest()}]
                             if gate_env is not None else ())
             data = sign_envelope(RUN_TYPE, canonical_bytes(rec.to_dict()), [key]).to_json_bytes()
-            previous = hashlib.sha256(data).hexdigest()
             batch.append(data)
             if gate_env is not None:
                 batch.append(gate_env)

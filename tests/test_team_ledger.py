@@ -242,3 +242,34 @@ def test_postgresql_backend_sequences_two_clones(team: Team, pg_server) -> None:
     team.share_provenance([a, b])
     for ws in (a, b):
         assert json.loads(team.certus(ws, "verify", "--json").stdout)["ok"]
+
+
+def test_sync_killed_during_its_push_appends_nothing_twice(team: Team) -> None:
+    import signal
+    import time
+
+    a = team.origin()
+    team.certus(a, "repro", "x=2")
+    team.remote.rename(team.tmp / "away.git")
+    team.certus(a, "repro", "x=3")  # pending locally
+    (team.tmp / "away.git").rename(team.remote)
+    mark = team.tmp / "push-started"
+    hook = team.remote / "hooks" / "pre-receive"
+    hook.write_text(f"#!/bin/sh\ntouch {mark}\nsleep 3\n")
+    hook.chmod(0o755)
+    p = subprocess.Popen([sys.executable, "-m", "engine", "ledger", "sync"], cwd=a, env=team.env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not mark.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert mark.exists()
+    os.kill(p.pid, signal.SIGKILL)  # certus dies mid-push; its orphaned `git push` still lands the append
+    p.wait()
+    time.sleep(4)
+    hook.unlink()
+    team.certus(a, "ledger", "sync")
+    size, _, runs = team.ledger(a)
+    assert size == 3 and len(runs) == 2 == len(set(runs)), runs  # genesis + two runs, none twice
+    b = team.clone("b")
+    team.certus(b, "ledger", "sync")
+    assert team.ledger(b) == team.ledger(a)

@@ -14,7 +14,9 @@ since ("pending"). :func:`sync` reads the shared log from that size on and:
   issue 16) by rebuilding the ledger beside the old one and swapping it in, so a crash leaves either
   ledger whole (:func:`recover`), and
 * appends the pending entries to the shared log with compare-and-swap, under a checkpoint our
-  ledger key signs; when another writer got there first, it does it all again.
+  ledger key signs; when another writer got there first, it does it all again. A pending entry
+  the shared log already holds (an append that landed, though this process died before it heard
+  so) is not appended twice.
 
 A fresh clone's own trust genesis is dropped when the shared log starts from the same trust state
 (and refused when it does not). The storage backends are :mod:`engine.adapters.shared_log`.
@@ -22,6 +24,7 @@ A fresh clone's own trust genesis is dropped when the shared log starts from the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -245,6 +248,8 @@ def sync(prov: Any, log: Any, *, say: Callable[[str], None] | None = None) -> Sy
             prefix = ledger.entries_unchecked()[:k] if k else []
             pending = list(ledger.entries(k)) if n > k else []
             _check_signed(prov, [*prefix, *snap.entries], k, f"ledger remote '{name}'")
+            landed = {hashlib.sha256(e).digest() for e in snap.entries}  # an append whose answer we never got
+            pending = [e for e in pending if hashlib.sha256(e).digest() not in landed]
             if k == 0 and pending and (mine_g := _genesis_trust(pending[0])) is not None:
                 their_g = _genesis_trust(snap.entries[0]) if snap.entries else None
                 if their_g != mine_g:
