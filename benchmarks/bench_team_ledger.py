@@ -1,6 +1,7 @@
 """A shared ledger of many entries: push it, sync it into a second clone, verify it there.
 
     .venv/bin/python benchmarks/bench_team_ledger.py --from DIR [--backend git|pg]
+    .venv/bin/python benchmarks/bench_team_ledger.py --writers 8 --appends 10 [--backend git|pg]
 
 ``DIR`` is a workspace kept by ``benchmarks/bench_provenance.py --runs 50000 --batch 100 --skip-record
 --gates --keep DIR`` (50,000 signed runs, each with a gate result: 100,001 ledger entries). Timed:
@@ -12,6 +13,11 @@
    rebuild the ledger from the shared log (its own genesis dropped);
 4. ``certus verify`` in that clone (in-process, best of 2): the shared log's per-entry figure.
    Issue 16's target: within 2x of (1) per entry.
+
+With ``--writers W``: W clones of one small signed workspace, each in its own process, each
+appending ``--appends`` signed ledger events one at a time and syncing after each (the whole Certus
+path: read, check consistency and signatures, re-sequence, compare-and-swap, retry): sequencing
+latency per event (p50 / p95) and throughput, beside one writer alone.
 
 The machine is small (2 cores) and may be shared: the figures are printed with a yardstick.
 """
@@ -47,11 +53,75 @@ def timed_verify(root: str) -> tuple[float, int]:
     return best, size
 
 
+def _writer(root: str, url: str, appends: int, out: str) -> None:
+    """One clone appending events and syncing after each; writes its latencies to ``out``."""
+    prov = Provenance(Workspace(root))
+    lat = []
+    for i in range(appends):
+        t0 = time.perf_counter()
+        prov.append_event("dataset.refused", f"bench/{os.path.basename(root)}/{i}", {"reason": "bench"})
+        sync(prov, open_shared_log(Remote("origin", url), root))
+        lat.append(time.perf_counter() - t0)
+    with open(out, "w") as f:
+        f.write("\n".join(f"{x:.6f}" for x in lat))
+
+
+def writers(n: int, appends: int, backend: str) -> None:
+    import multiprocessing as mp
+
+    from bench_provenance import setup  # noqa: E402
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = None
+        ws, prov = setup(tmp)
+        prov.append_records([])  # the trust genesis
+        if backend == "git":
+            bare = os.path.join(tmp, "remote.git")
+            subprocess.run(["git", "init", "-q", "--bare", bare], check=True)
+            subprocess.run(["git", "remote", "add", "origin", bare], cwd=ws.root, check=True)
+            url = "git"
+        else:
+            import pg_server
+
+            server = pg_server.start()
+            url = server.url + "?log=bench_writers"
+        try:
+            sync(prov, open_shared_log(Remote("origin", url), ws.root))
+            for count in (1, n):
+                roots = []
+                for i in range(count):
+                    root = os.path.join(tmp, f"w{count}_{i}")
+                    shutil.copytree(ws.root, root, symlinks=True)
+                    roots.append(root)
+                ctx = mp.get_context("spawn")
+                t0 = time.perf_counter()
+                procs = [ctx.Process(target=_writer, args=(r, url, appends, r + ".lat")) for r in roots]
+                for p in procs:
+                    p.start()
+                for p in procs:
+                    p.join()
+                wall = time.perf_counter() - t0
+                lat = sorted(float(x) for r in roots for x in open(r + ".lat").read().split())
+                p50, p95 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.95))]
+                print(f"{backend}: {count} writer(s) x {appends} events: {len(lat) / wall:.1f} events/s sequenced; "
+                      f"latency per event (append + sync) p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms")
+        finally:
+            if server is not None:
+                server.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--from", dest="src", required=True, help="a workspace kept by bench_provenance.py --keep")
+    ap.add_argument("--from", dest="src", help="a workspace kept by bench_provenance.py --keep")
+    ap.add_argument("--writers", type=int, default=0)
+    ap.add_argument("--appends", type=int, default=10)
     ap.add_argument("--backend", choices=("git", "pg"), default="git")
     a = ap.parse_args()
+    if a.writers:
+        writers(a.writers, a.appends, a.backend)
+        return
+    if not a.src:
+        ap.error("give --from DIR or --writers N")
     os.environ["CERTUS_HOME"] = os.path.join(a.src, "home")
     src = os.path.join(a.src, "ws")
     from bench_provenance import machine_speed  # noqa: E402

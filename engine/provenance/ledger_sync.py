@@ -278,6 +278,6 @@ def sync(prov: Any, log: Any, *, say: Callable[[str], None] | None = None) -> Sy
                        if pending else ""))
             if not pending:
                 return SyncResult(name, fetched, pushed, r, moved, first, attempt)
-        time.sleep(random.uniform(0, min(0.05 * attempt, 0.5)))  # contention: let the others through
+        time.sleep(random.uniform(0, min(1.0, 0.02 * 2 ** attempt)))  # contention: back off (jittered, exponential)
     raise LedgerError(f"ledger remote '{name}': {MAX_ATTEMPTS} other writers appended first; run 'certus ledger "
                       "sync' again")
