@@ -180,6 +180,22 @@ def _check_signed(prov: Any, raws: Sequence[bytes], start: int, where: str) -> N
             raise LedgerError(f"{report.failures[0]}; refusing to sequence after it") from None
 
 
+def _history(ldir: Path, upto: int) -> list[tuple[int, str]]:
+    """The ledger's checkpoint notes of size at most ``upto``, oldest first, as checkpoints.jsonl holds them."""
+    from engine.provenance.ledger_format import CHECKPOINTS, _decode_note_line, _lines, _parse_checkpoint, _read
+
+    out: list[tuple[int, str]] = []
+    for _, line in _lines(_read(ldir / CHECKPOINTS) or b""):
+        try:
+            note = _decode_note_line(line)
+            size = _parse_checkpoint(note).size
+        except (LedgerError, SignatureError):
+            break
+        if size <= upto and (not out or size > out[-1][0]):
+            out.append((size, note))
+    return out
+
+
 def sync(prov: Any, log: Any, *, say: Callable[[str], None] | None = None) -> SyncResult:
     """Bring this workspace's ledger and the shared log ``log`` together (see the module docstring).
 
@@ -260,8 +276,13 @@ def sync(prov: Any, log: Any, *, say: Callable[[str], None] | None = None) -> Sy
             new, _, _ = _paths(ldir)
             recover(ldir)
             fresh = Ledger.open(new, origin=theirs.origin)
-            if prefix:
-                fresh.append_many(prefix, None, note=seen.note)
+            done = 0
+            for size, note in _history(ldir, k):  # the prefix keeps its checkpoints (witnesses cosigned them)
+                if done < size:
+                    fresh.append_many(prefix[done:size], None, note=note)
+                    done = size
+            if done < k:
+                fresh.append_many(prefix[done:k], None, note=seen.note)
             fresh.append_many(list(snap.entries), None, note=(snap.checkpoint or b"").decode("utf-8"))
             cp = theirs
             if pending:
