@@ -232,7 +232,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         sys.stderr.write(f"[certus] verify: {msg}\n")
         sys.stderr.flush()
 
-    report = verify_workspace(_ws(args), run=args.run, artifacts=args.artifacts, progress=progress)
+    witnesses = {k: v for k, v in (("require", args.require_witnesses), ("names", args.witness_names),
+                                   ("require_all", args.require_all_witnessed)) if v is not None}
+    report = verify_workspace(_ws(args), run=args.run, artifacts=args.artifacts, progress=progress,
+                              witnesses=witnesses)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -240,6 +243,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"checked: {checked}")
         for n in report.notes:
             print(f"note: {n}")
+        if report.witnessed:
+            print(report.witnessed["line"])
         for f in report.failures:
             print(f"FAIL: {f}")
         print("verification OK" if report.ok else f"verification FAILED: {len(report.failures)} problem(s)")
@@ -321,6 +326,9 @@ def register(sub: Any, add: Any) -> None:
     v.add_argument("--all", action="store_true", help="every run (the default)")
     v.add_argument("--artifacts", action="store_true", help="also re-hash workspace outputs and cache objects")
     v.add_argument("--json", action="store_true")
+    from engine.cli.witness import add_verify_arguments
+
+    add_verify_arguments(v)  # the witness policy's overrides
     led = sub.add_parser("ledger", help="ledger maintenance and proofs", description="ledger maintenance and proofs")
     lsub = led.add_subparsers(dest="ledger_command", metavar="ACTION")
     lsub.required = True
