@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,13 @@ from conftest import DIAMOND, STEP, Workspace
 from test_witness import GITIGNORE, _env, _ok, flip_base64
 
 from engine.adapters.keys import load_signer
+from engine.provenance import merkle
 from engine.provenance.cosignature import cosign
 from engine.provenance.cosignature_store import COSIGNATURES, append_cosigned, read_cosigned
 from engine.provenance.ledger_format import _encode_note_line
 from engine.provenance.note import Note
 from engine.provenance.recorder import NoteSignerAdapter
+from engine.provenance.witness_policy import roots_at
 
 CONF = """\
 certus:
@@ -157,12 +160,12 @@ def test_cosignature_without_witness_role_does_not_count(site: Site) -> None:
     ledger_note = (site.ws / ".certus/ledger/checkpoint").read_text()
     path = site.base / "alice.checkpoint"
     for key in ("alice", "mallory"):  # a trusted non-witness key, and a witness-role key not in trust.json
-        path.write_text(cosign(ledger_note, site.signer(key), 1_800_000_000).to_text())
+        path.write_text(cosign(ledger_note, site.signer(key), int(time.time())).to_text())
         rc, text = site.add(path)
         assert rc != 0 and "no cosignature by a key trust.json grants the 'witness' role" in one_line_error(text)
     assert not (site.ws / ".certus/ledger" / COSIGNATURES).exists()
     # stored beside a real witness's line: only w1 counts
-    both = cosign(Note.from_text(site.cosigned("w1").read_text()), site.signer("alice"), 1_800_000_000)
+    both = cosign(Note.from_text(site.cosigned("w1").read_text()), site.signer("alice"), int(time.time()))
     path.write_text(both.to_text())
     assert site.add(path)[0] == 0
     stored = read_cosigned(site.ws / ".certus/ledger").notes
@@ -240,9 +243,18 @@ def test_add_cosigned_refuses_other_histories_and_bad_config(site: Site) -> None
                          ([lines[0], "99\n", *lines[2:]], "never signed a checkpoint of that size"),
                          ([*lines[:2], "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"], "not our history")):
         note = Note.sign("".join(changed), site.signer("alice"))
-        other.write_text(cosign(note, site.signer("w1"), 1_800_000_000).to_text())
+        other.write_text(cosign(note, site.signer("w1"), int(time.time())).to_text())
         rc, text = site.add(other)
         assert rc != 0 and why in one_line_error(text), (why, text)
+    # the same lines stored anyway (as if the ledger was rewritten or rolled back after they were witnessed)
+    for changed, why in (([*lines[:2], "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"], "a fork"),
+                         ([lines[0], "99\n", *lines[2:]], "past this ledger")):
+        note = Note.sign("".join(changed), site.signer("alice"))
+        store = site.ws / ".certus/ledger"
+        (store / COSIGNATURES).unlink(missing_ok=True)
+        append_cosigned(store, cosign(note, site.signer("w1"), int(time.time())).to_text())
+        rc, text = site.verify()
+        assert rc != 0 and "cosignatures.jsonl: line 1: cosigned checkpoint" in text and why in text, (why, text)
     site.policy("  ledger:\n    witnesses:\n      require: two\n")
     rc, text = site.verify()
     assert rc != 0 and "certus.ledger.witnesses.require: expected a whole number" in one_line_error(text)
@@ -261,3 +273,10 @@ def test_store_torn_line_is_ignored_then_cut(tmp_path: Path) -> None:
     assert [t for _, t in stored.notes] == [note, note] and stored.torn is None
     (tmp_path / COSIGNATURES).write_bytes(b"not json\n")
     assert read_cosigned(tmp_path).problems
+
+
+def test_roots_at_matches_the_merkle_module() -> None:
+    leaves = [merkle.leaf_hash(b"%d" % i) for i in range(70)]
+    sizes = [1, 2, 3, 7, 8, 33, 64, 70]
+    assert roots_at(leaves, sizes) == {n: merkle.root(leaves[:n]) for n in sizes}
+    assert roots_at(leaves, []) == {}

@@ -28,14 +28,14 @@ witness fails verify.
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from engine.errors import ConfigError, EngineError, LedgerError
-from engine.provenance import merkle
 from engine.provenance.cosignature import Cosignature
 from engine.provenance.note import Checkpoint, Note, UnverifiedNoteError
 from engine.provenance.trust import TrustStore
@@ -44,6 +44,7 @@ from engine.provenance.witness import describe, trusted_cosignatures, witness_co
 __all__ = ["WitnessPolicy", "Witnessed", "check_witnesses", "load_policy", "prepare_cosigned"]
 
 CONFIG = "conf/config.yaml"
+_NODE = b"\x01"  # RFC 9162 interior-node prefix
 SECTION = "certus.ledger.witnesses"
 
 
@@ -147,10 +148,36 @@ def _entries(lo: int, hi: int) -> str:
     return f"entry {lo}" if hi - lo == 1 else f"entries {lo}..{hi - 1}"
 
 
-def cosigned_by_size(notes: Iterable[tuple[int, str]], origin: str, size: int, leaves: Callable[[], list[bytes]],
+def roots_at(leaf_hashes: Sequence[bytes], sizes: Iterable[int]) -> dict[int, bytes]:
+    """RFC 9162 roots of the first ``n`` leaves for each ``n`` in ``sizes``, in one pass.
+
+    :class:`merkle.Frontier`'s algorithm on a plain list (it makes an object per leaf): about
+    4x faster, which is most of this step's cost on a large ledger.
+    """
+    want, out, stack, sha = set(sizes), {}, [], hashlib.sha256
+    for i, h in enumerate(leaf_hashes[: max(want, default=0)], 1):
+        carry, n = h, i - 1
+        while n & 1:  # merge one subtree per trailing 1-bit, as Frontier.append does
+            carry = sha(_NODE + stack.pop() + carry).digest()
+            n >>= 1
+        stack.append(carry)
+        if i in want:
+            acc = stack[-1]
+            for left in reversed(stack[:-1]):
+                acc = sha(_NODE + left + acc).digest()
+            out[i] = acc
+    return out
+
+
+def cosigned_by_size(notes: Iterable[tuple[int, str]], current: Checkpoint, leaves: Callable[[int], list[bytes]],
                      trust: TrustStore, fail: Callable[[str], None], *, where: str,
                      now: datetime | None = None) -> dict[int, dict[str, Cosignature]]:
-    """Valid trusted cosignatures per checkpoint size; every stored note is checked, failures reported."""
+    """Valid trusted cosignatures per checkpoint size; every stored note is checked, failures reported.
+
+    ``current`` is the ledger's latest checkpoint; ``leaves(n)`` its first ``n`` leaf hashes (the
+    ledger checks them against ``current``'s root when ``n`` is its size, so that root is used as is).
+    """
+    origin, size = current.origin, current.size
     parsed: list[tuple[int, Note, Checkpoint]] = []
     for number, text in notes:
         try:
@@ -158,13 +185,10 @@ def cosigned_by_size(notes: Iterable[tuple[int, str]], origin: str, size: int, l
             parsed.append((number, note, Checkpoint.from_body(note.text)))
         except EngineError as e:
             fail(f"{where}: line {number}: not a cosigned checkpoint ({e})")
-    roots: dict[int, bytes] = {}
-    wanted = sorted({cp.size for _, _, cp in parsed if 0 < cp.size <= size})
-    if wanted:
-        hashes, frontier, at = leaves(), merkle.Frontier(), 0
-        for n in wanted:
-            frontier, at = frontier.extend(hashes[at:n]), n
-            roots[n] = frontier.root()
+    wanted = {cp.size for _, _, cp in parsed if 0 < cp.size <= size}
+    roots = roots_at(leaves(max(wanted)), wanted - {size}) if wanted else {}
+    if size in wanted:
+        roots[size] = current.root_hash
     out: dict[int, dict[str, Cosignature]] = {}
     for number, note, cp in parsed:
         head = f"{where}: line {number}: cosigned checkpoint {describe(cp)}"
@@ -208,10 +232,9 @@ def check_witnesses(ledger: Any, trust: TrustStore, report: Any, *, root: str, r
         report.fail(problem.replace(str(ledger.path), rel))
     if stored.torn:
         report.notes.append(stored.torn.replace(str(ledger.path), rel))
-    total = ledger.size
+    total, current = ledger.size, ledger.checkpoint() or Checkpoint(ledger.origin, 0, b"\0" * 32)
     try:
-        by_size = cosigned_by_size(stored.notes, ledger.origin, total, ledger.leaf_hashes, trust, report.fail,
-                                   where=where)
+        by_size = cosigned_by_size(stored.notes, current, ledger.leaf_hashes, trust, report.fail, where=where)
     except EngineError as e:
         report.fail(f"{where}: {e}")
         return
