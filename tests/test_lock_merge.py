@@ -197,3 +197,32 @@ def test_two_clones_pull_without_conflict_and_status_is_true(
     assert verdicts["train"] == ["out modified: out/model.txt"]  # a's model is seed 1's, the lock says seed 2's
     (a.root / "out/model.txt").unlink()
     assert status(a, capsys, "train.seed=2")["train"] == ["out missing: out/model.txt"]
+
+
+@pytest.mark.integration
+def test_invalid_side_leaves_an_ordinary_git_conflict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.setenv("PATH", BIN + os.pathsep + os.environ.get("PATH", ""))
+    repo = tmp_path / "r"
+    assert git(tmp_path, "init", "-q", str(repo)).returncode == 0
+    for k, v in (("user.name", "Test"), ("user.email", "test@example.com")):
+        git(repo, "config", "--local", k, v)
+    assert main(["-C", str(repo), "lock", "install-merge-driver"]) == 0
+    assert main(["-C", str(repo), "lock", "install-merge-driver"]) == 0  # idempotent
+    assert (repo / ".gitattributes").read_text() == "certus.lock merge=certus-lock\n"
+    lock = repo / "certus.lock"
+    lock.write_bytes(lock_bytes({"a": entry(1)}))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "base")
+    git(repo, "checkout", "-qb", "other")
+    lock.write_text('{"stages": {"a": ')  # a broken lock committed on their side
+    git(repo, "commit", "-qam", "broken")
+    git(repo, "checkout", "-q", "-")
+    ours = lock_bytes({"a": entry(2)})
+    lock.write_bytes(ours)
+    git(repo, "commit", "-qam", "ours")
+    merged = git(repo, "merge", "-q", "--no-edit", "other")
+    assert merged.returncode != 0 and "not a valid Certus lock file" in merged.stderr + merged.stdout
+    assert git(repo, "status", "--porcelain").stdout.startswith("UU certus.lock")
+    assert lock.read_bytes() == ours  # the driver wrote nothing; git marks the conflict

@@ -111,11 +111,15 @@ def load_policy(root: str, *, require: int | None = None, names: Iterable[str] |
     if not isinstance(every, bool):
         raise ConfigError(f"{where}.require_all: expected true or false, got {every!r}")
     overridden = require is not None or names is not None or require_all is not None
-    if not section and not overridden:
-        return None
+    if not section and require is None and names is None:
+        return None  # --[no-]require-all-witnessed alone asks for no witnesses
     chosen = tuple(dict.fromkeys(names if names is not None else got_names))
-    count = require if require is not None else want if want is not None and names is None else None
-    count = count if count is not None else (len(chosen) or 1)
+    if require is not None:
+        count = require
+    elif names is not None or want is None:  # new names without a count: all of them
+        count = len(chosen) or 1
+    else:
+        count = want
     source = where + (" and the command line" if overridden else "") if section else "the command line"
     if count < 0:
         raise ConfigError(f"--require-witnesses: expected a whole number >= 0, got {count}")
