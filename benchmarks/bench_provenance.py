@@ -126,6 +126,15 @@ def bench_verify(runs: int, batch_size: int = 1, keep: str | None = None, gates:
             env = sign_envelope(PAYLOAD_TYPE, canonical_bytes(stmt), [key]).to_json_bytes()
             with open(prov.attestation_path(run_id), "wb") as f:
                 f.write(env + b"\n")
+            gate_env = None
+            if gates:  # a release gate result after each run record, listed in it, as a gated pipeline appends it
+                model = f"{r:064x}"
+                gstmt = gate_statement(gate="release", policy_name="release", policy={"accuracy": {"min": 0.9}},
+                                       subjects={"model.pkl": {"sha256": model}},
+                                       detail={"metrics": [{"name": "accuracy", "outcome": "pass", "value": 0.97}],
+                                               "run_id": run_id, "key": "sha256:" + model, "time": rfc3339(t_start),
+                                               "metric_files": {"model.pkl": "sha256:" + model}})
+                gate_env = sign_envelope(PAYLOAD_TYPE, canonical_bytes(gstmt), [key]).to_json_bytes()
             rec = RunRecord(run_id=run_id, started=rfc3339(t_start), finished=rfc3339(t_start), status="succeeded",
                             git={}, config={"C": 1}, overrides=[], pipeline="pipelines/p.yaml",
                             spec_sha256=spec_sha,
@@ -135,18 +144,14 @@ def bench_verify(runs: int, batch_size: int = 1, keep: str | None = None, gates:
                                               "attestation": hashlib.sha256(env).hexdigest()}},
                             attestations=[{"stage": "train", "sha256": hashlib.sha256(env).hexdigest(),
                                            "path": "x"}],
-                            merkle_root=attestation_root([env]), previous=previous)
+                            merkle_root=attestation_root([env]), previous=previous,
+                            gate_results=[{"gate": "release", "sha256": hashlib.sha256(gate_env).hexdigest()}]
+                            if gate_env is not None else ())
             data = sign_envelope(RUN_TYPE, canonical_bytes(rec.to_dict()), [key]).to_json_bytes()
             previous = hashlib.sha256(data).hexdigest()
             batch.append(data)
-            if gates:  # a release gate result after each run record, as a gated pipeline appends one
-                model = f"{r:064x}"
-                stmt = gate_statement(gate="release", policy_name="release", policy={"accuracy": {"min": 0.9}},
-                                      subjects={"model.pkl": {"sha256": model}},
-                                      detail={"metrics": [{"name": "accuracy", "outcome": "pass", "value": 0.97}],
-                                              "run_id": run_id, "key": "sha256:" + model, "time": rfc3339(t_start),
-                                              "metric_files": {"model.pkl": "sha256:" + model}})
-                batch.append(sign_envelope(PAYLOAD_TYPE, canonical_bytes(stmt), [key]).to_json_bytes())
+            if gate_env is not None:
+                batch.append(gate_env)
             if len(batch) >= batch_size:
                 ledger.append_many(batch, NoteSignerAdapter(prov.signer("ledger"), name=origin))
                 batch = []

@@ -158,3 +158,14 @@ class DriftDetected(EngineError):
     """A monitor pass breached a threshold; the signed drift report is in the ledger (exit 3 for cron / CI)."""
 
     exit_code = 3
+
+
+# --- the shared ledger log (engine.adapters.shared_log) --------------------------------------
+
+
+class SharedLogError(EngineError):
+    """A shared ledger log (git ref or PostgreSQL) failed: a refused write, a malformed log, bad config."""
+
+
+class Unreachable(SharedLogError):
+    """A shared log cannot be reached (no such remote, connection refused): append locally, sync later."""

@@ -334,3 +334,48 @@ def test_packaging_refuses_a_failed_gate(g: G) -> None:
     run = g.last_run()
     text = g.fails("package", "out/model.txt", "--name", "m", "--version", "1.0.0", "--key", "rel", "--run", run)
     assert "not packaged: gate 'release' failed: metric 'accuracy'" in text and "no waiver is accepted" in text
+
+
+def test_run_record_covers_its_gate_results(g: G) -> None:
+    """Issue 11's format: the run record lists each gate result's envelope digest, so verify checks the gate
+    result through the record's signature; a gate result whose bytes differ from the listed ones is checked on
+    its own signature (and caught), and a listed result missing from the ledger is named."""
+    import hashlib
+    import shutil
+
+    from engine.adapters.keys import load_signer
+    from engine.core.canonical import canonical_bytes
+    from engine.provenance.dsse import sign_envelope
+    from engine.provenance.recorder import NoteSignerAdapter
+
+    g.ok("repro")
+    entries = g.entries()
+    (gi, _), = g.gate_results()
+    run_env = json.loads(entries[gi - 1])
+    record = json.loads(base64.b64decode(run_env["payload"]))
+    assert record["gate_results"] == [{"gate": "release", "sha256": hashlib.sha256(entries[gi]).hexdigest()}]
+    g.ok("verify", "--json")
+    checked = json.loads(g.out)["checked"]
+    assert checked["signatures covered by their run record's"] == 1 and checked["gate results"] == 1
+    g.ok("verify", "--json", "--every-signature")
+    assert "signatures covered by their run record's" not in json.loads(g.out)["checked"]
+
+    # the same gate result with its signature bytes damaged: no longer the bytes the record lists -> checked alone
+    alice = load_signer(g.home / "keys/alice.key")
+    bad = json.loads(entries[gi])
+    sig = base64.b64decode(bad["signatures"][0]["sig"])
+    bad["signatures"][0]["sig"] = base64.b64encode(bytes([sig[0] ^ 1]) + sig[1:]).decode()
+    forged = [*entries[:gi], json.dumps(bad, separators=(",", ":")).encode(), *entries[gi + 1:]]
+    # and a run record (alice's, so its signature is good) that lists a gate result the ledger does not hold
+    ghost = dict(record, run_id="ghost", attestations=[], stages={}, gate_results=[{"gate": "release",
+                                                                                  "sha256": "ab" * 32}])
+    forged.append(sign_envelope(run_env["payloadType"], canonical_bytes(ghost), [alice]).to_json_bytes())
+    ldir = g.ws.root / ".certus/ledger"
+    origin = g.ledger().origin
+    shutil.rmtree(ldir)
+    Ledger.open(ldir, origin=origin).append_many(forged, NoteSignerAdapter(alice, name=origin))
+    text = g.fails("verify")
+    assert f"ledger entry {gi} (gate result): signature keyid" in text, text
+    assert f"lists gate result {hashlib.sha256(entries[gi]).hexdigest()[:16]}… (gate 'release'), which does " \
+           "not follow it" in text, text
+    assert "lists gate result abababababababab… (gate 'release'), which does not follow it" in text, text

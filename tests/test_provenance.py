@@ -141,7 +141,8 @@ def test_two_signed_runs_verify_and_show_in_log_and_show(signed: Any, capsys: py
     assert report["ok"] is True and report["failures"] == []
     checked = report["checked"]
     # the ledger starts with the trust genesis record, then the two run records
-    assert (checked["records"], checked["ledger entries"], checked["run chain links"]) == (3, 3, 2)
+    assert (checked["records"], checked["ledger entries"], checked["run records ordered by the ledger"]) == (3, 3, 2)
+    assert "run chain links" not in checked  # a record no longer names the one before it (issue 16)
     assert checked["attestations"] == 5 + 2
     assert checked["attestation merkle roots"] == 2
 
@@ -266,7 +267,7 @@ def test_envelopes_verify_with_securesystemslib(signed: Any) -> None:
             env.verify(keys=[key], threshold=1)
 
 
-def test_run_record_merkle_root_and_previous_hash(signed: Any) -> None:
+def test_run_record_merkle_root_and_no_position(signed: Any) -> None:
     root = signed.root
     entries = ledger_entries(root)
     genesis = payload(entries[0])
@@ -281,8 +282,7 @@ def test_run_record_merkle_root_and_previous_hash(signed: Any) -> None:
     entries = entries[1:]
     records = [payload(e) for e in entries]
     assert [r["_type"] for r in records] == ["https://certus.dev/RunRecord/v1"] * 2
-    previous = None  # the chain links run records only: the first run's previous is not the genesis
-    for entry, rec in zip(entries, records):
+    for rec in records:
         lines = bundle(root, rec["run_id"])
         ordered = [lines[s] for s in sorted(lines)]  # documented leaf order: stage name
         assert rec["merkle_root"] == mth(ordered).hex()
@@ -290,10 +290,9 @@ def test_run_record_merkle_root_and_previous_hash(signed: Any) -> None:
         assert rec["attestations"] == [{"stage": s, "sha256": sha256(lines[s]), "path": path} for s in sorted(lines)]
         assert {s: v["attestation"] for s, v in rec["stages"].items() if "attestation" in v} == {
             s: sha256(line) for s, line in lines.items()}
-        assert rec["previous"] == previous
-        previous = sha256(entry)
+        # what a run signs is what it knows: its position (and so the run before it) is the sequencer's
+        assert "previous" not in rec
     assert len(bundle(root, records[0]["run_id"])) == 5  # not a power of two: exercises the RFC 6962 split
-    assert records[1]["previous"] == sha256(entries[0])
 
 
 def test_checkpoint_is_a_c2sp_signed_note(signed: Any) -> None:

@@ -235,7 +235,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     witnesses = {k: v for k, v in (("require", args.require_witnesses), ("names", args.witness_names),
                                    ("require_all", args.require_all_witnessed)) if v is not None}
     report = verify_workspace(_ws(args), run=args.run, artifacts=args.artifacts, progress=progress,
-                              witnesses=witnesses)
+                              every_signature=args.every_signature, witnesses=witnesses)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -325,6 +325,9 @@ def register(sub: Any, add: Any) -> None:
     v.add_argument("run", nargs="?", help="verify one run (default: everything)")
     v.add_argument("--all", action="store_true", help="every run (the default)")
     v.add_argument("--artifacts", action="store_true", help="also re-hash workspace outputs and cache objects")
+    v.add_argument("--every-signature", action="store_true",
+                   help="also re-check each gate result's own signature where its run record's signature covers "
+                        "its bytes (for a consumer that takes a gate result alone)")
     v.add_argument("--json", action="store_true")
     from engine.cli.witness import add_verify_arguments
 

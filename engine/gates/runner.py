@@ -5,7 +5,7 @@ metrics stage's key, the digests of the metrics files and of the model artifacts
 rule compares with a baseline) the baseline result's digest. In a signed workspace a gate whose key
 the ledger already holds a result for is not evaluated again; otherwise it is evaluated (pure:
 :mod:`engine.gates.policy`), and its Test Result statement is signed by the run's trainer key and
-appended to the ledger right after the run record. Without a trust file gates are evaluated on every
+listed by digest in the run record and appended right after it. Without a trust file gates are evaluated on every
 run and enforced, but nothing is signed and nothing can be waived.
 """
 
@@ -227,17 +227,23 @@ class GateRunner:
 
     # -- recording -----------------------------------------------------------------------------
 
-    def commit(self, prov: Any, err: TextIO) -> None:
-        """Append the results evaluated in this run, after its run record (one checkpoint)."""
-        if not self.pending:
-            return
-        previous = prov.previous_run_hash()
-        done = prov.append_records([(PAYLOAD_TYPE, stmt, "trainer") for stmt in self.pending])
-        prov._write_head(previous, done[-1][0] + 1)  # the run-chain head is unchanged by gate records
-        names = [s["predicate"]["configuration"][1]["annotations"]["gate"] for s in self.pending]
+    def sign_pending(self, signer: Any) -> list[tuple[str, bytes]]:
+        """The results evaluated in this run as signed envelopes, ``(gate, bytes)``: the run record lists
+        their digests and they are appended right after it, in the same checkpoint."""
+        from engine.provenance.dsse import sign_envelope
+
+        return [(self._gate_name(stmt), sign_envelope(PAYLOAD_TYPE, canonical_bytes(stmt), [signer]).to_json_bytes())
+                for stmt in self.pending]
+
+    def committed(self, indexes: list[int], err: TextIO) -> None:
+        names = sorted(self._gate_name(s) for s in self.pending)
         self.pending = []
-        for (index, _), name in zip(done, names):
+        for index, name in zip(indexes, names):
             err.write(f"[certus] signed gate result '{name}' ({self.states[name].result}) appended as ledger "
                       f"entry {index}\n")
+
+    @staticmethod
+    def _gate_name(stmt: dict[str, Any]) -> str:
+        return str(stmt["predicate"]["configuration"][1]["annotations"]["gate"])
 
 

@@ -302,6 +302,9 @@ class Ledger:
         re-derives every leaf from its entry). The full list is checked against the signed root.
         """
         n = self._check_size(size)
+        memo = getattr(self, "_leaves_memo", None)  # verify asks twice (witness, inclusion): read the file once
+        if memo is not None and memo[0] == self.size and memo[1] == self._checkpoint_text and n <= len(memo[2]):
+            return memo[2][:n]
         path, leaves = self._file(ENTRIES), []
         with open(path, "rb") as f:
             for index in range(n):
@@ -311,7 +314,9 @@ class Ledger:
                 leaves.append(bytes.fromhex(m.group(1).decode("ascii")))
         if n == self.size and self._checkpoint and merkle.root(leaves) != self._checkpoint.root_hash:
             raise LedgerError(f"{path}: the leaf hashes are not those the checkpoint signed; run verify")
-        return leaves
+        if n == self.size:
+            self._leaves_memo = (self.size, self._checkpoint_text, leaves)
+        return list(leaves)
 
     def _check_size(self, size: int | None) -> int:
         n = self.size if size is None else size

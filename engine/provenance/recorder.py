@@ -36,7 +36,7 @@ from engine.provenance.local_state import (  # noqa: F401  (re-exported)
     remembered_checkpoint,
     witness_path,
 )
-from engine.provenance.records import EVENT_ROLES, EVENT_TYPE, RUN_TYPE, Event, RunRecord
+from engine.provenance.records import EVENT_ROLES, EVENT_TYPE, Event, RunRecord
 from engine.provenance.run_record import restore_source  # noqa: F401  (re-exported)
 from engine.provenance.statement import rfc3339
 from engine.provenance.trust import TRUST_FILE, TrustStore
@@ -309,10 +309,12 @@ class Provenance:
         """Sign ``payload`` with a ``role`` key, append it to the ledger; caller holds the lock."""
         return self.append_records([(payload_type, payload, role)])[0]
 
-    def append_records(self, records: Sequence[tuple[str, Mapping[str, Any], str]],
+    def append_records(self, records: Sequence[tuple[str, Mapping[str, Any], str] | bytes],
                        on_commit: Callable[[list[tuple[int, bytes]]], None] | None = None
                        ) -> list[tuple[int, bytes]]:
         """Sign and append records under one checkpoint; returns ``(index, envelope bytes)`` for each.
+
+        A record is ``(payload type, payload, role)``, or the bytes of an envelope signed already.
 
         The ledger's first append starts with a ``trust.genesis`` record pinning ``trust.json``.
         Ctrl-C and SIGTERM are held back from the append to ``on_commit`` (which records what
@@ -320,8 +322,9 @@ class Provenance:
         """
         from engine.provenance.trust_log import GENESIS, TRUST_TYPE, trust_payload
 
-        signed = [sign_envelope(t, canonical_bytes(dict(p)), [self.signer(role)]).to_json_bytes()
-                  for t, p, role in records]
+        signed = [r if isinstance(r, bytes) else
+                  sign_envelope(r[0], canonical_bytes(dict(r[1])), [self.signer(r[2])]).to_json_bytes()
+                  for r in records]
         with self.ledger_lock(exclusive=True):
             ledger = self.open_ledger()
             self.check_appendable(ledger)
@@ -343,9 +346,7 @@ class Provenance:
 
     def append_event(self, kind: str, subject: str, details: Mapping[str, Any], *, role: str | None = None) -> int:
         ev = Event(kind=kind, time=rfc3339(now_utc().timestamp()), subject=subject, details=details)
-        previous = self.previous_run_hash()
         index, _ = self.append(EVENT_TYPE, ev.to_dict(), role or EVENT_ROLES.get(kind, "trainer"))
-        self._write_head(previous, index + 1)
         return index
 
     def change_trust(self, new: TrustStore) -> int | None:
@@ -365,9 +366,7 @@ class Provenance:
             if not summary:
                 return None
             payload = trust_payload(CHANGED, new, rfc3339(now_utc().timestamp()), summary)
-            previous = self.previous_run_hash()
             index, _ = self.append(TRUST_TYPE, payload, "admin")
-            self._write_head(previous, index + 1)
         self.save_trust(new)
         return index
 
@@ -390,36 +389,6 @@ class Provenance:
                 yield LedgerItem(i, raw, env, payload)
             except (SignatureError, ValueError) as e:
                 yield LedgerItem(i, raw, None, None, str(e))
-
-    def _head_path(self) -> str:
-        return self.ws.p(PROV_DIR, "HEAD")
-
-    def previous_run_hash(self) -> str | None:
-        """Hash of the last run record in the ledger.
-
-        ``.certus/provenance/HEAD`` remembers it with the ledger size it was written at; it is
-        trusted only while the ledger still has exactly that size (a crash between the ledger
-        commit and the HEAD write, or an append since, makes us read the ledger instead).
-        """
-        ledger = self.open_ledger(create=True)
-        try:
-            with open(self._head_path(), "rb") as f:
-                head = json.loads(f.read())
-            if int(head["ledger_size"]) == ledger.size:
-                return head["sha256"] if head["sha256"] else None
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        last = None
-        for raw in ledger.entries():
-            try:
-                if Envelope.from_json_bytes(raw).payload_type == RUN_TYPE:
-                    last = sha256_hex(raw)
-            except SignatureError:
-                continue
-        return last
-
-    def _write_head(self, sha: str | None, ledger_size: int) -> None:
-        atomic_write(self._head_path(), json.dumps({"sha256": sha or "", "ledger_size": ledger_size}).encode())
 
     # -- runs ------------------------------------------------------------------------------------
 
@@ -446,11 +415,13 @@ class Provenance:
         return out
 
     def record_run(self, rep: Any, result: Any, git: Mapping[str, Any],
-                   on_commit: Callable[[RunRecord], None] | None = None) -> RunRecord:
-        """Attest every executed/restored stage, sign the run record, append it (see run_record)."""
+                   on_commit: Callable[[RunRecord], None] | None = None,
+                   gate_results: Sequence[tuple[str, bytes]] = ()) -> tuple[RunRecord, list[int]]:
+        """Attest every executed/restored stage, sign the run record, append it and the run's gate
+        results (see run_record); returns the record and the gate results' ledger indexes."""
         from engine.provenance.run_record import record_run
 
-        return record_run(self, rep, result, git, on_commit)
+        return record_run(self, rep, result, git, on_commit, gate_results)
 
 def python_info() -> str:
     return sys.version.split()[0]

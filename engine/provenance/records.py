@@ -5,8 +5,10 @@ record. The payload type says what kind of record it is and so which role must h
 
 A run record carries the RFC 6962 Merkle root over its stage attestations. Leaves are the
 attestation envelopes' bytes, ordered by stage name (the documented order), so
-``leaf_i = SHA-256(0x00 || envelope_i)``. It also carries the hash of the previous run record's
-envelope, chaining runs independently of the ledger's own tree.
+``leaf_i = SHA-256(0x00 || envelope_i)``. A record signs only what the run knows: its position in
+the ledger, and so the run before it, is the sequencer's, covered by the signed checkpoint (records
+written before the ledger could be shared also carry ``previous``, the hash of the run record before
+them, which verify still checks).
 """
 
 from __future__ import annotations
@@ -68,13 +70,21 @@ class RunRecord:
     stages: Mapping[str, Mapping[str, Any]]  # name -> {state, key, outs, attestation, error?}
     attestations: Sequence[Mapping[str, str]]  # [{stage, path, sha256}] sorted by stage
     merkle_root: str
-    previous: str | None
+    previous: str | None = None  # only in records from before issue 16: the order is the ledger's
     failed: Sequence[str] = field(default_factory=tuple)
     # DVC `artifacts:` (name -> {path, type, desc, labels, meta, digest}): written only when a project declares them
     artifacts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # the gate results this run evaluated, [{gate, sha256 of the envelope}] by gate: the results follow the record
+    # in the same append, and this signature covers their bytes (verify checks them through it: issue 11)
+    gate_results: Sequence[Mapping[str, str]] = field(default_factory=tuple)
 
     def to_dict(self) -> dict[str, Any]:
-        extra = {"artifacts": {k: dict(v) for k, v in sorted(self.artifacts.items())}} if self.artifacts else {}
+        extra: dict[str, Any] = {"artifacts": {k: dict(v) for k, v in sorted(self.artifacts.items())}} \
+            if self.artifacts else {}
+        if self.gate_results:
+            extra["gate_results"] = [dict(g) for g in self.gate_results]
+        if self.previous is not None:
+            extra["previous"] = self.previous
         return {**extra,
             "_type": "https://certus.dev/RunRecord/v1",
             "run_id": self.run_id, "started": self.started, "finished": self.finished, "status": self.status,
@@ -82,7 +92,7 @@ class RunRecord:
             "pipeline": self.pipeline, "spec_sha256": self.spec_sha256, "lock_sha256": self.lock_sha256,
             "stages": {k: dict(v) for k, v in sorted(self.stages.items())},
             "attestations": [dict(a) for a in self.attestations], "merkle_root": self.merkle_root,
-            "previous": self.previous, "failed": list(self.failed),
+            "failed": list(self.failed),
         }
 
     @classmethod
@@ -90,8 +100,9 @@ class RunRecord:
         return cls(run_id=d["run_id"], started=d["started"], finished=d["finished"], status=d["status"],
                    git=d["git"], config=d["config"], overrides=d["overrides"], pipeline=d["pipeline"],
                    spec_sha256=d["spec_sha256"], lock_sha256=d["lock_sha256"], stages=d["stages"],
-                   attestations=d["attestations"], merkle_root=d["merkle_root"], previous=d["previous"],
-                   failed=d.get("failed", ()), artifacts=d.get("artifacts") or {})
+                   attestations=d["attestations"], merkle_root=d["merkle_root"], previous=d.get("previous"),
+                   failed=d.get("failed", ()), artifacts=d.get("artifacts") or {},
+                   gate_results=d.get("gate_results") or ())
 
 
 @dataclass(frozen=True, slots=True)

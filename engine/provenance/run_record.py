@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from engine import __version__
@@ -42,8 +42,14 @@ def restore_source(index: Any, stage: str, outs: Mapping[str, Mapping[str, Any]]
 
 
 def record_run(prov: Any, rep: Any, result: Any, git: Mapping[str, Any],
-               on_commit: Callable[[RunRecord], None] | None = None) -> RunRecord:
-    """Attest every executed/restored stage, sign the run record, append it to the ledger."""
+               on_commit: Callable[[RunRecord], None] | None = None,
+               gate_results: Sequence[tuple[str, bytes]] = ()) -> tuple[RunRecord, list[int]]:
+    """Attest every executed/restored stage, sign the run record, append it to the ledger.
+
+    ``gate_results`` are the run's signed gate results, ``(gate, envelope bytes)``: the record lists
+    their digests and they follow it in the same append (one checkpoint). Returns the record and the
+    ledger indexes of the gate results.
+    """
     signer = prov.signer("trainer")
     index = prov.index()
     env_common = {k: v for k, v in (("PYTHONHASHSEED", "0"), ("TZ", "UTC"), ("LC_ALL", "C.UTF-8"),
@@ -116,18 +122,19 @@ def record_run(prov: Any, rep: Any, result: Any, git: Mapping[str, Any],
         status=result.status, git=dict(git), config=result.config, overrides=list(result.overrides),
         pipeline=rep.spec.path, spec_sha256=spec_sha, lock_sha256=lock_sha, stages=stages,
         attestations=[{"stage": n, "sha256": digests[n], "path": rel_bundle} for n, _ in envelopes],
-        merkle_root=attestation_root([e for _, e in envelopes]), previous=prov.previous_run_hash(),
+        merkle_root=attestation_root([e for _, e in envelopes]),
         failed=sorted(n for n, o in result.outcomes.items() if o.state == "failed"),
         artifacts=_artifacts(rep.spec, result),
+        gate_results=[{"gate": g, "sha256": sha256_hex(e)} for g, e in sorted(gate_results)],
     )
+
     def committed(done: list[tuple[int, bytes]]) -> None:
-        (at, data), = done
-        prov._write_head(sha256_hex(data), at + 1)
         if on_commit is not None:
             on_commit(record)
 
-    prov.append_records([(RUN_TYPE, record.to_dict(), "trainer")], on_commit=committed)
-    return record
+    done = prov.append_records([(RUN_TYPE, record.to_dict(), "trainer"), *(e for _, e in sorted(gate_results))],
+                               on_commit=committed)
+    return record, [at for at, _ in done[1:]]
 
 
 def _artifacts(spec: Any, result: Any) -> dict[str, dict[str, Any]]:

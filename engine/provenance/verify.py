@@ -34,7 +34,7 @@ from engine.errors import EngineError, SignatureError
 from engine.provenance import merkle
 from engine.provenance.trust import TrustStore
 from engine.provenance.trust_log import CLOCK_SKEW, TRUST_TYPE, TrustHistory
-from engine.provenance.verify_runs import Context, Report, Slice, check_entries
+from engine.provenance.verify_runs import UNLINKED, Context, Report, Slice, check_entries
 from engine.store.workspace import Workspace
 
 __all__ = ["VerifyReport", "checkpoint_verifiers", "trust_history_of", "verify_workspace"]
@@ -88,7 +88,7 @@ def checkpoint_verifiers(history: TrustHistory, trust: TrustStore, origin: str) 
 
 def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool = False,
                      update_witness: bool = True, progress: Callable[[str], None] | None = None,
-                     witnesses: dict[str, Any] | None = None) -> Report:
+                     every_signature: bool = False, witnesses: dict[str, Any] | None = None) -> Report:
     """Check everything (see the module docstring); ``progress`` hears of each long phase."""
     from engine.provenance.recorder import Provenance, ledger_dir
 
@@ -106,13 +106,14 @@ def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool =
         return report
     with prov.ledger_lock(exclusive=False):  # a consistent snapshot: no append half seen
         _verify_ledger(ws, prov, trust, ldir, report, run=run, artifacts=artifacts,
-                       update_witness=update_witness, progress=progress, witnesses=witnesses)
+                       update_witness=update_witness, progress=progress, every_signature=every_signature,
+                       witnesses=witnesses)
     return report
 
 
 def _verify_ledger(ws: Workspace, prov: Any, trust: TrustStore, ldir: str, report: Report, *, run: str | None,
                    artifacts: bool, update_witness: bool, progress: Callable[[str], None] | None,
-                   witnesses: dict[str, Any] | None = None) -> None:
+                   every_signature: bool = False, witnesses: dict[str, Any] | None = None) -> None:
     from engine.provenance.ledger import Ledger
     from engine.provenance.recorder import remember_checkpoint, witness_path
     from engine.provenance.rederive import SpecSource
@@ -153,7 +154,7 @@ def _verify_ledger(ws: Workspace, prov: Any, trust: TrustStore, ldir: str, repor
     try:
         say(f"checking {len(raws):,} ledger entries (signatures, run records, attestations) and every "
             f"checkpoint, on {cpu_count()} core(s)")
-        ctx = Context(prov, judge, run, SpecSource(ws.root))
+        ctx = Context(prov, judge, run, SpecSource(ws.root), every_signature)
         slices = fork_map(lambda part: check_entries(ctx, part), list(enumerate(raws)))
         structure, checkpoint_signers = structure_job.result()
     finally:
@@ -216,7 +217,9 @@ def _check_chain(entries: Slice, run: str | None, report: Report) -> None:
             report.fail(f"{where}: run '{run_id}' is recorded a second time (first in {first[run_id]}): a run is "
                         "recorded exactly once; a replayed or duplicated record")
         first.setdefault(run_id, where.split(" (")[0])
-        if claimed != previous_run:
+        if claimed == UNLINKED:  # no link: the ledger's (sequenced, checkpointed) order is the order
+            report.count("run records ordered by the ledger")
+        elif claimed != previous_run:
             report.fail(f"{where}: previous-record hash {str(claimed)[:16]}… does not match the "
                         f"preceding run record ({str(previous_run)[:16]}…): the chain of runs is broken")
         else:

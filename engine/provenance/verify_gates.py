@@ -1,5 +1,6 @@
 """``certus verify``, gates: each gate result and waiver, judged at its ledger position.
 
+A run record lists the gate results it evaluated by envelope digest; each must follow it in the ledger.
 A gate result (trainer) must be a sound Test Result statement (result, test lists and per-rule
 outcomes agreeing; the policy descriptor's digest that of its rules), follow the run record it names,
 and have every metrics file it read attested by some run. A waiver (approver) must name an earlier
@@ -24,6 +25,15 @@ def verify_gates(entries: Slice, report: Report) -> None:
     attested = {(p, d) for p, d, _ in entries.attested}
     attested |= {(p, d) for _, _, subjects in entries.attestations.values() for p, d in subjects.items()}
     results: dict[str, tuple[int, dict[str, Any], tuple[str, ...]]] = {}
+    seen = {sha: (index, what) for index, _, sha, what, _, _, waiver in entries.gate_entries if not waiver}
+    for index, where, run_id, gate, sha in entries.listed_gates:  # what a run record vouches for must be there
+        hit = seen.get(sha)
+        if hit is None or hit[0] <= index:
+            report.fail(f"{where}: lists gate result {sha[:16]}… (gate '{gate}'), which does not follow it in the "
+                        "ledger")
+        elif not isinstance(hit[1], dict) or hit[1].get("run_id") != run_id or hit[1].get("gate") != gate:
+            report.fail(f"{where}: lists gate result {sha[:16]}… as gate '{gate}' of this run; ledger entry "
+                        f"{hit[0]} is another run's or gate's")
     for index, where, sha, what, signers, trusted, waiver in sorted(entries.gate_entries):
         if not waiver:
             if isinstance(what, str):

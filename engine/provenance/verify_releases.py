@@ -40,7 +40,10 @@ def verify_releases(entries: Slice, by_sha: dict[str, int], report: Report) -> N
 
 
 def _cites(by_sha: dict[str, int], sha: Any, at: Any, index: int) -> bool:
-    return by_sha.get(str(sha)) == at and isinstance(at, int) and at < index
+    """The digest binds the cited entry; it must come before the citing one. ``at`` is where it was
+    when cited: a sequencer may since have moved both (issue 16), so it is not compared."""
+    found = by_sha.get(str(sha))
+    return found is not None and found < index
 
 
 def _release(index: int, where: str, payload: dict[str, Any], by_sha: dict[str, int], report: Report,

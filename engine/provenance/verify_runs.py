@@ -72,8 +72,12 @@ def parse_time(text: str) -> datetime:
 
 
 def check_signatures(env: Envelope, judge: Judge, role: str, at: datetime, index: int, where: str,
-                     report: Report) -> bool:
-    """Check every signature; False when a signer is not trusted for ``role`` at entry ``index``."""
+                     report: Report, *, covered: bool = False) -> bool:
+    """Check every signature; False when a signer is not trusted for ``role`` at entry ``index``.
+
+    ``covered``: the envelope's exact bytes are listed in a record this signer's verified signature
+    covers, so only the signer's trust is judged here, not the signature itself again.
+    """
     trusted = True
     for sig in env.signatures:
         try:
@@ -81,6 +85,9 @@ def check_signatures(env: Envelope, judge: Judge, role: str, at: datetime, index
         except SignatureError as e:
             report.fail(f"{where}: signature keyid {sig.keyid[:16]}…: {e}")
             trusted = False
+            continue
+        if covered:
+            report.count("signatures covered by their run record's")
             continue
         one = env if len(env.signatures) == 1 else Envelope(env.payload_type, env.payload, (sig,))
         try:
@@ -109,6 +116,8 @@ class Slice:
     gate_entries: list[tuple[int, str, str, dict[str, Any] | str, tuple[str, ...], bool, bool]] = field(
         default_factory=list)
     run_signers: dict[str, tuple[str, ...]] = field(default_factory=dict)  # run id -> keyids of its record
+    listed_gates: list[tuple[int, str, str, str, str]] = field(default_factory=list)  # a run record's gate_results:
+    # index, where, run id, gate, envelope sha256
     # release records, deploy VSAs and registry events (engine.provenance.verify_releases): few, kept whole
     releases: list[tuple[int, str, str, str, dict[str, Any], bool]] = field(default_factory=list)
     # drift reports and their waivers (engine.provenance.verify_drift): index, where, sha256, checked detail or
@@ -134,6 +143,7 @@ class Slice:
             out.times.update(part.times)
             out.gate_entries.extend(part.gate_entries)
             out.run_signers.update(part.run_signers)
+            out.listed_gates.extend(part.listed_gates)
             out.releases.extend(part.releases)
             out.drift_entries.extend(part.drift_entries)
             for root, index in part.registered.items():
@@ -147,6 +157,7 @@ class Context:
     judge: Judge
     run: str | None
     specs: Any  # engine.provenance.rederive.SpecSource
+    every_signature: bool = False  # also re-check signatures a verified run record already covers
 
 
 def _role_and_time(ptype: str, payload: dict[str, Any]) -> tuple[str, Any] | None:
@@ -168,9 +179,15 @@ def _role_and_time(ptype: str, payload: dict[str, Any]) -> tuple[str, Any] | Non
     return None
 
 
+UNLINKED = "-"  # a run record without ``previous``: ordered by the ledger alone (its sequencer's position)
+
+
 def check_entries(ctx: Context, part: Sequence[tuple[int, bytes]]) -> Slice:
     out = Slice()
     report = out.report
+    # envelope sha256 -> signer keyids, from run records whose signatures verified in this slice: a gate result
+    # a run record lists by digest is authenticated by that signature (its own is checked with every_signature)
+    covers: dict[str, tuple[str, ...]] = {}
     for index, raw in part:
         where = f"ledger entry {index}"
         try:
@@ -215,14 +232,18 @@ def check_entries(ctx: Context, part: Sequence[tuple[int, bytes]]) -> Slice:
         except ValueError:
             report.fail(f"{where}: unreadable time '{at_text}'")
             continue
-        trusted = check_signatures(env, ctx.judge, role, at, index, where, report)
+        signers = tuple(s.keyid for s in env.signatures)
+        own = sha256_hex(raw) if gate_kind else ""
+        covered = (not ctx.every_signature and gate_kind and env.payload_type != WAIVER_TYPE
+                   and bool(signers) and covers.get(own) == signers)
+        failed = len(report.failures)
+        trusted = check_signatures(env, ctx.judge, role, at, index, where, report, covered=covered)
         out.times[index] = at
         report.count("records")
         if gate_kind:
             waiver = env.payload_type == WAIVER_TYPE
-            out.gate_entries.append((index, where, sha256_hex(raw), payload if waiver else gate_result_detail(payload),
-                                     tuple(s.keyid for s in env.signatures), trusted, waiver))
-        signers = tuple(s.keyid for s in env.signatures)
+            out.gate_entries.append((index, where, own, payload if waiver else gate_result_detail(payload),
+                                     signers, trusted, waiver))
         if env.payload_type == PAYLOAD_TYPE and is_drift_report(payload):
             detail, why = drift_detail(payload)
             out.drift_entries.append((index, where, sha256_hex(raw), detail if detail is not None else why, signers,
@@ -237,8 +258,16 @@ def check_entries(ctx: Context, part: Sequence[tuple[int, bytes]]) -> Slice:
         if env.payload_type != RUN_TYPE:
             continue
         run_id = str(payload.get("run_id", "?"))
-        out.run_signers[run_id] = tuple(s.keyid for s in env.signatures)
-        out.runs.append((index, where, payload.get("previous"), sha256_hex(raw), run_id))
+        out.run_signers[run_id] = signers
+        listed = payload.get("gate_results")
+        if listed is not None and not (isinstance(listed, list) and all(isinstance(g, dict) for g in listed)):
+            report.fail(f"{where}: gate_results is not a list of {{gate, sha256}}")
+            listed = []
+        for g in listed or ():
+            out.listed_gates.append((index, where, run_id, str(g.get("gate")), str(g.get("sha256"))))
+            if trusted and len(report.failures) == failed:
+                covers[str(g.get("sha256"))] = signers
+        out.runs.append((index, where, payload.get("previous", UNLINKED), sha256_hex(raw), run_id))
         _verify_run(ctx, payload, at, index, where, out)
     return out
 

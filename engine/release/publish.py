@@ -66,7 +66,7 @@ def gather(prov: Any, run: Mapping[str, Any], model: str) -> Evidence:
     if view.problem:
         raise ReleaseError(f"ledger: {view.problem}; run 'certus verify'")
     run_entry = view.by_sha.get(str(run.get("run_record_sha256")))
-    if run_entry is None or run_entry.index != run.get("ledger_index"):
+    if run_entry is None:
         raise ReleaseError(f"run {run.get('run_id')}: its record is not in the ledger")
     src = Path(model)
     try:
@@ -106,10 +106,8 @@ def publish(prov: Any, record: ReleaseRecord, signer: Any) -> int:
 def append_signed(prov: Any, records: list[tuple[str, Mapping[str, Any], str]], signers: Mapping[str, Any]
                   ) -> list[int]:
     """Append ``records`` under one checkpoint with the given signers per role (checked against the
-    trust file now); the run chain's HEAD is left where it was."""
+    trust file now)."""
     for role, signer in signers.items():
         prov.use_signer(role, signer)
-    previous = prov.previous_run_hash()
     done = prov.append_records(records)
-    prov._write_head(previous, done[-1][0] + 1)
     return [index for index, _ in done]

@@ -73,11 +73,12 @@ class ProvenanceRepro(Repro):
         if not self._derived_done:
             self._derived_done = True
             self._register_derived(result)
-        self.prov.record_run(self, result, self._git, on_commit=self._committed)
+        gates = self._gates.sign_pending(self.prov.signer("trainer")) if self._gates is not None else []
+        _, at = self.prov.record_run(self, result, self._git, on_commit=self._committed, gate_results=gates)
         self.err.write(f"[certus] signed run record {result.run_id} ({len(self.record.attestations)} "
                        f"attestation(s), merkle root {self.record.merkle_root[:16]}…) appended to the ledger\n")
-        if self._gates is not None:  # gate results evaluated in this run, linked to it, after its record
-            self._gates.commit(self.prov, self.err)
+        if self._gates is not None:  # gate results evaluated in this run: listed in its record, appended after it
+            self._gates.committed(at, self.err)
         if self.spec.packages and result.status == "succeeded" and not self._packaged:
             self._packaged = True  # once: the release record cites this run's record and gate results
             from engine.run.packaging import package_after_run
