@@ -323,6 +323,9 @@ def _parser() -> argparse.ArgumentParser:
     from engine.cli.serve import register as register_serve
 
     register_serve(sub, add)
+    from engine.cli.lock import register as register_lock
+
+    register_lock(sub)
     return p
 
 

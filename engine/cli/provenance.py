@@ -232,8 +232,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         sys.stderr.write(f"[certus] verify: {msg}\n")
         sys.stderr.flush()
 
+    witnesses = {k: v for k, v in (("require", args.require_witnesses), ("names", args.witness_names),
+                                   ("require_all", args.require_all_witnessed)) if v is not None}
     report = verify_workspace(_ws(args), run=args.run, artifacts=args.artifacts, progress=progress,
-                              every_signature=args.every_signature)
+                              every_signature=args.every_signature, witnesses=witnesses)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -241,6 +243,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"checked: {checked}")
         for n in report.notes:
             print(f"note: {n}")
+        if report.witnessed:
+            print(report.witnessed["line"])
         for f in report.failures:
             print(f"FAIL: {f}")
         print("verification OK" if report.ok else f"verification FAILED: {len(report.failures)} problem(s)")
@@ -325,6 +329,9 @@ def register(sub: Any, add: Any) -> None:
                    help="also re-check each gate result's own signature where its run record's signature covers "
                         "its bytes (for a consumer that takes a gate result alone)")
     v.add_argument("--json", action="store_true")
+    from engine.cli.witness import add_verify_arguments
+
+    add_verify_arguments(v)  # the witness policy's overrides
     led = sub.add_parser("ledger", help="ledger maintenance and proofs", description="ledger maintenance and proofs")
     lsub = led.add_subparsers(dest="ledger_command", metavar="ACTION")
     lsub.required = True

@@ -18,7 +18,7 @@ from typing import Any
 from engine.errors import EngineError, LedgerError
 from engine.provenance import merkle
 
-__all__ = ["cmd_ledger_checkpoint", "register"]
+__all__ = ["add_verify_arguments", "cmd_ledger_checkpoint", "register"]
 
 
 def _current(ledger: Any) -> Any:
@@ -123,6 +123,28 @@ def _witness(args: argparse.Namespace, prov: Any, ledger: Any) -> int:
     return 0
 
 
+def _add_cosigned(args: argparse.Namespace, prov: Any, ledger: Any) -> int:
+    """Store a witness's cosignatures on one of our checkpoints beside it (see witness_policy)."""
+    from engine.provenance.cosignature_store import append_cosigned, ledger_note, read_cosigned
+    from engine.provenance.witness_policy import prepare_cosigned
+
+    _sound(ledger)
+    text = _read_note(args.add_cosigned)
+    stored = [t for _, t in read_cosigned(ledger.path).notes]
+    line, cp, cosigs = prepare_cosigned(text, ledger.size, ledger.origin, lambda n: ledger_note(ledger.path, n),
+                                        stored, _trust(prov))
+    who = ", ".join(f"{c.name} at {c.to_dict()['time']}" for c in cosigs)
+    if line is None:
+        print(f"checkpoint size {cp.size}: cosignature(s) by {who} stored already")
+        return 0
+    with prov.ledger_lock(exclusive=True):
+        cut = append_cosigned(ledger.path, line)
+    if cut:
+        print(f"note: {cut}", file=sys.stderr)
+    print(f"checkpoint size {cp.size} of {ledger.size}: stored cosignature(s) by {who}")
+    return 0
+
+
 def _emit(args: argparse.Namespace, prov: Any, text: str) -> None:
     """Print or export a checkpoint note (``--json`` describes it)."""
     from engine.provenance.note import Checkpoint, Note
@@ -149,14 +171,19 @@ def cmd_ledger_checkpoint(args: argparse.Namespace) -> int:
     from engine.provenance.recorder import Provenance
     from engine.store.workspace import Workspace, WorkspaceLock
 
+    if args.add_cosigned and (args.cosign or args.witness or args.export):
+        raise EngineError("--add-cosigned FILE stands alone (no --cosign, --witness or --export)")
     if args.cosign and not args.key:
         raise EngineError("--cosign needs --key NAME (a key the trust file grants the 'witness' role)")
     ws = Workspace.discover(args.directory or ".")
     prov = Provenance(ws)
     # Reading needs no lock (the checkpoint file is the ledger's commit point); cosigning holds it
     # so that the ledger it checks end to end is the one it vouches for.
-    with WorkspaceLock(ws).held(command="ledger checkpoint --cosign") if args.cosign else contextlib.nullcontext():
+    write = args.cosign or args.add_cosigned
+    with WorkspaceLock(ws).held(command="ledger checkpoint") if write else contextlib.nullcontext():
         ledger = prov.open_ledger(create=False)
+        if args.add_cosigned:
+            return _add_cosigned(args, prov, ledger)
         if args.witness:
             return _witness(args, prov, ledger)
         text = ledger.checkpoint_note()
@@ -183,5 +210,18 @@ def register(lsub: Any) -> None:
     cp.add_argument("--cosign", action="store_true",
                     help="check the ledger (structure, this machine's remembered checkpoint) and add a cosignature")
     cp.add_argument("--key", metavar="NAME", help="the witness key to cosign with ($CERTUS_HOME/keys/NAME.key)")
+    cp.add_argument("--add-cosigned", metavar="FILE",
+                    help="store the witness cosignatures on FILE (one of this ledger's checkpoints, cosigned with "
+                         "--cosign elsewhere) beside that checkpoint, for 'certus verify' and its witness policy")
     cp.add_argument("--json", action="store_true", help="print {origin, size, root, note, cosignatures} as JSON")
     cp.set_defaults(func=cmd_ledger_checkpoint)
+
+
+def add_verify_arguments(v: Any) -> None:
+    """``certus verify``'s overrides of the witness policy (conf/config.yaml certus.ledger.witnesses)."""
+    v.add_argument("--require-witnesses", type=int, metavar="N",
+                   help="require N valid witness cosignatures (0: no policy); overrides the config")
+    v.add_argument("--witness", dest="witness_names", action="append", metavar="NAME",
+                   help="a witness (trust-file key name) whose cosignatures count (repeatable); overrides the config")
+    v.add_argument("--require-all-witnessed", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether the whole log must be witnessed (default true when a policy is set)")

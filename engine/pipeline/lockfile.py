@@ -79,9 +79,14 @@ class LockFile:
         described in :attr:`problems` (the stage then counts as never run)."""
         if not os.path.exists(path):
             return cls(path)
+        with open(path, "rb") as f:
+            return cls.from_bytes(f.read(), path, lenient=lenient)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, path: str, *, lenient: bool = False) -> LockFile:
+        """Parse and check lock bytes (``path`` names them in errors); see :meth:`load`."""
         try:
-            with open(path, "rb") as f:
-                data = json.loads(f.read())
+            data = json.loads(raw)
             stages = {n: StageLock.from_dict(s) for n, s in data.get("stages", {}).items()}
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise WorkspaceError(

@@ -88,7 +88,7 @@ def checkpoint_verifiers(history: TrustHistory, trust: TrustStore, origin: str) 
 
 def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool = False,
                      update_witness: bool = True, progress: Callable[[str], None] | None = None,
-                     every_signature: bool = False) -> Report:
+                     every_signature: bool = False, witnesses: dict[str, Any] | None = None) -> Report:
     """Check everything (see the module docstring); ``progress`` hears of each long phase."""
     from engine.provenance.recorder import Provenance, ledger_dir
 
@@ -106,13 +106,14 @@ def verify_workspace(ws: Workspace, *, run: str | None = None, artifacts: bool =
         return report
     with prov.ledger_lock(exclusive=False):  # a consistent snapshot: no append half seen
         _verify_ledger(ws, prov, trust, ldir, report, run=run, artifacts=artifacts,
-                       update_witness=update_witness, progress=progress, every_signature=every_signature)
+                       update_witness=update_witness, progress=progress, every_signature=every_signature,
+                       witnesses=witnesses)
     return report
 
 
 def _verify_ledger(ws: Workspace, prov: Any, trust: TrustStore, ldir: str, report: Report, *, run: str | None,
                    artifacts: bool, update_witness: bool, progress: Callable[[str], None] | None,
-                   every_signature: bool = False) -> None:
+                   every_signature: bool = False, witnesses: dict[str, Any] | None = None) -> None:
     from engine.provenance.ledger import Ledger
     from engine.provenance.recorder import remember_checkpoint, witness_path
     from engine.provenance.rederive import SpecSource
@@ -164,6 +165,10 @@ def _verify_ledger(ws: Workspace, prov: Any, trust: TrustStore, ldir: str, repor
     report.count("checkpoints")
 
     current = _check_witness(ledger, witness_path(ws), verifiers, rel, report)
+    from engine.provenance.witness_policy import check_witnesses  # cosignatures and the witness policy
+
+    check_witnesses(ledger, history.latest if history.pinned else trust, report, root=ws.root, rel=rel,
+                    overrides=witnesses)
 
     entries = Slice.concat(slices)
     report.merge(entries.report)

@@ -42,6 +42,7 @@ class Report:
     checked: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    witnessed: dict[str, Any] | None = None  # engine.provenance.witness_policy: what cosignatures vouch for
 
     def count(self, what: str, n: int = 1) -> None:
         self.checked[what] = self.checked.get(what, 0) + n
@@ -60,8 +61,9 @@ class Report:
         return not self.failures
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "checked": dict(sorted(self.checked.items())), "failures": self.failures,
-                "notes": self.notes}
+        out = {"ok": self.ok, "checked": dict(sorted(self.checked.items())), "failures": self.failures,
+               "notes": self.notes}
+        return out | ({"witnessed": self.witnessed} if self.witnessed is not None else {})
 
 
 def parse_time(text: str) -> datetime:
