@@ -7,6 +7,7 @@ for the backends (a git ref on the workspace's remote, or PostgreSQL).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from typing import Any
@@ -28,9 +29,12 @@ def cmd_remote(args: argparse.Namespace) -> int:
     if args.remote_command == "add":
         save_remote(ws.root, Remote(args.name, args.url))
         added = install_git_bits(ws.root)
+        from engine.adapters.lock_driver import install_merge_driver
+
+        added += install_merge_driver(ws.root)  # certus.lock merges per stage: no hand-resolved conflicts
         print(f"ledger remote '{args.name}' -> {args.url} (in .certus/remotes.json: commit it)")
         if added:
-            print(f".gitignore: added {', '.join(added)} (the shared log is the ledger's home now)")
+            print("set up: " + "; ".join(added))
         print("run 'certus ledger sync' to sequence this ledger into it")
     elif args.remote_command == "remove":
         remove_remote(ws.root, args.name)
@@ -51,6 +55,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from engine.store.workspace import WorkspaceLock
 
     ws = _ws(args)
+    from engine.adapters.lock_driver import install_merge_driver
+    from engine.errors import WorkspaceError
+
+    with contextlib.suppress(WorkspaceError):  # clone-local git config: each clone that syncs merges certus.lock
+        install_merge_driver(ws.root)
     with WorkspaceLock(ws).held(command="ledger sync"):
         prov = Provenance(ws)
         done = sync_remotes(prov, sys.stderr, args.remote or None, quiet_if_none=False)

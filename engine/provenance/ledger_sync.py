@@ -196,6 +196,19 @@ def _history(ldir: Path, upto: int) -> list[tuple[int, str]]:
     return out
 
 
+def _keep_cosignatures(ldir: Path, new: Path, upto: int) -> None:
+    """Witnesses' cosignatures on checkpoints the rebuilt ledger keeps (those of the shared prefix)."""
+    from engine.provenance.cosignature_store import append_cosigned, read_cosigned
+    from engine.provenance.ledger_format import _parse_checkpoint
+
+    for _, note in read_cosigned(ldir).notes:
+        try:
+            if _parse_checkpoint(note).size <= upto:
+                append_cosigned(new, note)
+        except (LedgerError, SignatureError):
+            continue  # verify names a bad line in the old ledger; it is not carried over
+
+
 def sync(prov: Any, log: Any, *, say: Callable[[str], None] | None = None) -> SyncResult:
     """Bring this workspace's ledger and the shared log ``log`` together (see the module docstring).
 
@@ -283,6 +296,7 @@ def sync(prov: Any, log: Any, *, say: Callable[[str], None] | None = None) -> Sy
                     done = size
             if done < k:
                 fresh.append_many(prefix[done:k], None, note=seen.note)
+            _keep_cosignatures(ldir, new, k)
             fresh.append_many(list(snap.entries), None, note=(snap.checkpoint or b"").decode("utf-8"))
             cp = theirs
             if pending:

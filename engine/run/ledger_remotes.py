@@ -62,4 +62,4 @@ def install_git_bits(root: str) -> list[str]:
             if lines and lines[-1] != "":
                 f.write("\n")
             f.write("\n".join(add) + "\n")
-    return add
+    return [f".gitignore: {a}" for a in add]
