@@ -276,6 +276,13 @@ def test_unreachable_remote_is_one_line(backend, tmp_path):
 # --- git only -----------------------------------------------------------------------------------
 
 
+def test_git_workspace_that_is_not_a_repo_is_named(tmp_path):
+    for ws in (tmp_path, tmp_path / "missing"):
+        with pytest.raises(SharedLogError, match=r"^remote 'origin': the workspace .* is not a git repository;") as e:
+            open_shared_log(Remote("origin", "git"), str(ws)).read()
+        assert not isinstance(e.value, Unreachable)
+
+
 def test_git_never_touches_head_index_worktree_or_branches(tmp_path):
     be = GitBackend(tmp_path)
     ws = Path(be.workspace())

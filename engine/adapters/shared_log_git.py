@@ -39,7 +39,7 @@ _IDENT = {"GIT_AUTHOR_NAME": "certus", "GIT_AUTHOR_EMAIL": "certus@localhost",
           "GIT_AUTHOR_DATE": "1970-01-01T00:00:00+0000", "GIT_COMMITTER_DATE": "1970-01-01T00:00:00+0000"}
 _UNREACHABLE_HINTS = ("does not appear to be a git repository", "could not read from remote",
                       "could not resolve host", "connection refused", "connection timed out", "no such remote",
-                      "unable to access", "not a git repository", "repository not found", "no route to host")
+                      "unable to access", "repository not found", "no route to host")
 
 
 def _chunk_name(i: int) -> str:
@@ -112,7 +112,7 @@ class GitSharedLog:
         lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
         reason = (lines[-1] if lines else "no message").removeprefix("fatal: ").removeprefix("error: ")
         low = " ".join(lines).lower()
-        if "not a git repository" in low and what != "push" and what != "fetch":
+        if "or any of the parent directories" in low or "cannot change to" in low:
             return SharedLogError(f"remote '{self.remote.name}': the workspace {self.workspace} is not a git "
                                   f"repository; a git ledger remote needs one (git init, git remote add)")
         if any(h in low for h in _UNREACHABLE_HINTS):
