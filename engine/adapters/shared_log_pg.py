@@ -107,9 +107,9 @@ class PgSharedLog:
                               f"check the role's privileges on certus_ledger_head / certus_ledger_entries")
 
     def read(self, start: int = 0) -> Snapshot:
+        conn = self._connect()  # first: it names a missing psycopg in one line
         import psycopg
 
-        conn = self._connect()
         try:
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ  # head and entries from one snapshot
             with conn.transaction():
@@ -132,12 +132,12 @@ class PgSharedLog:
         return Snapshot(size, start, entries, None if checkpoint is None else bytes(checkpoint))
 
     def append(self, expected_size: int, entries: Sequence[bytes], checkpoint: bytes) -> bool:
-        import psycopg
-
         check_entries(self.remote, entries, checkpoint)
         if not entries:
             raise SharedLogError(f"remote '{self.remote.name}': an append needs at least one entry")
-        conn = self._connect()
+        conn = self._connect()  # first: it names a missing psycopg in one line
+        import psycopg
+
         try:
             with conn.transaction():
                 conn.execute("INSERT INTO certus_ledger_head (log, size) VALUES (%s, 0) ON CONFLICT DO NOTHING",
