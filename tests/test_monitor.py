@@ -122,6 +122,13 @@ def test_drift_is_detected_signed_verified_and_holds_the_alias_in_review(base: P
         # the alias is in review: deploying the same version is refused
         p = lf.certus(base, *deploy, check=False)
         assert p.returncode != 0 and "in review" in p.stderr and "Traceback" not in p.stderr, p.stderr
+        # ... and `certus registry show` names it so
+        shown = lf.certus(base, "registry", "show", f"{lf.NAME}@production").stdout
+        assert shown.splitlines()[0].endswith("= production (in review)"), shown
+        assert "FAILED" in shown and "--waive" in shown
+        show = json.loads(lf.certus(base, "registry", "show", f"{lf.NAME}@production", "--json").stdout)
+        assert show["in_review"] is True and show["drift"]["result"] == "FAILED"
+        assert "drift_share" in " ".join(show["drift"]["failed_checks"])
         # re-evaluation: a later window of normal traffic that passes, signed (--record), lifts it
         time.sleep(1.2)
         t3 = time.time()
@@ -130,6 +137,9 @@ def test_drift_is_detected_signed_verified_and_holds_the_alias_in_review(base: P
         p = _monitor(base, db, t3, "--record")
         assert p.returncode == 0 and "PASSED" in p.stdout, (p.stdout, p.stderr)
         assert [r["predicate"]["result"] for r in _reports(base)] == ["FAILED", "PASSED"]
+        show = json.loads(lf.certus(base, "registry", "show", f"{lf.NAME}@production", "--json").stdout)
+        assert show["in_review"] is False and show["drift"]["result"] == "PASSED"
+        assert "in review" not in lf.certus(base, "registry", "show", f"{lf.NAME}@production").stdout
         lf.certus(base, *deploy)
         # drift again; this time an approver waives the report
         time.sleep(1.2)
@@ -161,6 +171,78 @@ def _entries(base: Path) -> list[tuple[str, dict]]:
         env = json.loads(raw)
         out.append((hashlib.sha256(raw).hexdigest(), json.loads(base64.b64decode(env["payload"]))))
     return out
+
+
+STAGE = """\
+import csv, json, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+json.dump({"rows": len(rows), "columns": list(rows[0])}, open(sys.argv[2], "w"))
+"""
+
+
+def test_propose_retrain_registers_inputs_that_need_approval_before_a_run_uses_them(base: Path) -> None:
+    import yaml
+
+    db = base / "telemetry.sqlite"
+    rows = lf.training_rows(base)
+    s = lf.Server(base, f"{lf.NAME}@production", "--telemetry", str(db))
+    try:
+        for i in range(40):  # each with the optional pii column, which must never reach the data set
+            code, _, out = s.infer([{**rows[(2 * i + j) % len(rows)], "individual_id": f"SECRET-{i}-{j}"}
+                                    for j in range(2)], client=f"c{i}")
+            assert code == 200, out
+        _wait_rows(db, 40)
+    finally:
+        s.stop()
+    p = _monitor(base, db, None, "--propose-retrain", "--key", "demo-steward")
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert "registered dataset penguin-classifier-inputs@" in p.stdout and "awaiting approval" in p.stdout
+    data = (base / "ws/data/telemetry/penguin-classifier-inputs.csv").read_text()
+    lines = data.splitlines()
+    assert lines[0] == "bill_length_mm,bill_depth_mm,flipper_length_mm,body_mass_g,predicted" and len(lines) == 81
+    assert "SECRET" not in data and "individual_id" not in data
+    first = rows[0]
+    assert f"{first['bill_length_mm']!r},{first['bill_depth_mm']!r}" in data
+    events = [pl for t, pl in _ledger(base) if pl.get("kind") == "dataset.registered"]
+    assert events[-1]["subject"].startswith("penguin-classifier-inputs@") and events[-1]["details"]["version"] == 1
+    assert events[-1]["details"]["sensitivity"] == "public"  # as the reference dataset (penguins-split)
+    # a stage consuming it: the run is refused until another person approves the new version
+    spec_file = base / "ws/pipelines/lifecycle.yaml"
+    spec = yaml.safe_load(spec_file.read_text())
+    spec["stages"]["inputs"] = {"cmd": "python stages/count_inputs.py data/telemetry/penguin-classifier-inputs.csv "
+                                       "metrics/inputs.json", "deps": ["stages/count_inputs.py"],
+                                "datasets": ["penguin-classifier-inputs"], "metrics": ["metrics/inputs.json"]}
+    spec_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    (base / "ws/stages/count_inputs.py").write_text(STAGE)
+    p = lf.certus(base, "repro", "package.version=0.0.1", check=False)
+    assert p.returncode != 0 and "Traceback" not in p.stderr, (p.stdout, p.stderr)
+    assert "stage 'inputs': dataset penguin-classifier-inputs@" in p.stderr and "not approved" in p.stderr, p.stderr
+    assert not (base / "ws/metrics/inputs.json").exists()
+    p = lf.certus(base, "dataset", "approve", "penguin-classifier-inputs", "--key", "demo-steward", check=False)
+    assert p.returncode != 0 and "lacks role 'approver'" in p.stderr  # the steward who registered it cannot
+    lf.certus(base, "dataset", "approve", "penguin-classifier-inputs", "--key", "demo-approver")
+    lf.certus(base, "repro", "package.version=0.0.1")
+    assert json.loads((base / "ws/metrics/inputs.json").read_text())["rows"] == 80
+    run = [pl for t, pl in _ledger(base) if t == "application/vnd.certus.run+json"][-1]
+    (att,) = [a for a in run["attestations"] if a["stage"] == "inputs"]
+    text = "".join(base64.b64decode(json.loads(line)["payload"]).decode()
+                   for line in (base / "ws" / att["path"]).read_text().splitlines())
+    assert ".certus/datasets/penguin-classifier-inputs/" in text  # the run's provenance cites the approved manifest
+    # a reference dataset that is confidential: refused in one line, nothing registered
+    from dataclasses import replace
+
+    from engine.adapters.keys import load_signer
+    from engine.datasets.registry import Registry, write_manifest
+
+    reg = Registry.load(str(base / "ws"))
+    split = reg.resolve("penguins-split").manifest
+    signer = load_signer(str(base / "home/keys/demo-trainer.key"))
+    write_manifest(reg, replace(split, id="sha256:" + "ab" * 32, version=split.version + 1,
+                                sensitivity="confidential"), signer)
+    p = _monitor(base, db, None, "--propose-retrain", "--key", "demo-steward")
+    assert p.returncode != 0 and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "penguins-split@abababababab is 'confidential'" in p.stderr and "nothing registered" in p.stderr
+    assert len(Registry.load(str(base / "ws")).versions("penguin-classifier-inputs")) == 1
 
 
 def test_status_and_repro_do_not_import_the_serving_stack(base: Path) -> None:
