@@ -253,3 +253,82 @@ def test_status_and_repro_do_not_import_the_serving_stack(base: Path) -> None:
     p = subprocess.run([sys.executable, "-c", code], cwd=base / "ws", env=lf.env_for(base), capture_output=True,
                        text=True, timeout=300)
     assert p.returncode == 0 and "BAD []" in p.stdout, p.stdout + p.stderr
+
+
+def _window(ref: dict, shift: float) -> object:
+    """A telemetry window as the store returns it: 200 single-row requests drawn around the reference's means."""
+    import numpy as np
+
+    from engine.serve.telemetry import Window
+
+    n = 200
+    rng = np.random.default_rng(0)
+    w = Window(first=1.0, last=float(n))
+    w.requests = {"ts": np.arange(n, dtype=float), "status": np.full(n, 200.0), "latency_ms": np.full(n, 2.0),
+                  "rows": np.ones(n), "abstained": np.zeros(n), "refusal": np.array([""] * n, dtype=object)}
+    w.inputs = {"ts": np.arange(n, dtype=float), "conf": np.full(n, 0.9), "abstained": np.zeros(n),
+                "pred": np.array(["Adelie"] * n, dtype=object)}
+    for f, d in ref["features"].items():
+        w.inputs[f] = rng.normal(d["summary"]["mean"] * (1 + shift), d["summary"]["std"], n)
+    return w
+
+
+def test_verify_refuses_a_drift_report_signed_without_the_role_or_edited_after_signing(
+        base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A FAILED report holds the alias in review; a forged PASSED one (signed by a key that is not a trainer,
+    or a FAILED one's bytes edited into a PASSED one under the original signature) neither lifts the review
+    nor passes `certus verify`, which names each."""
+    from dataclasses import replace
+
+    from engine.core.canonical import canonical_bytes
+    from engine.provenance.drift_records import drift_statement
+    from engine.provenance.dsse import Envelope, sign_envelope
+    from engine.provenance.recorder import NoteSignerAdapter, Provenance, remember_checkpoint
+    from engine.provenance.statement import PAYLOAD_TYPE, rfc3339
+    from engine.serve.monitor import evaluate, record, window_digest
+    from engine.store.workspace import Workspace
+
+    monkeypatch.setenv("CERTUS_HOME", str(base / "home"))
+    show = json.loads(lf.certus(base, "registry", "show", f"{lf.NAME}@production", "--json").stdout)
+    ref = json.loads((base / "ws/registry" / lf.NAME / "1/reference.json").read_text())
+    prov = Provenance(Workspace(str(base / "ws")))
+    w = _window(ref, 0.25)
+    res = evaluate(w, ref)
+    assert res.status == "FAILED"
+    index, _ = record(prov, prov.signer("trainer"), model=lf.NAME, version=1, bundle_root=show["bundle_root"],
+                      reference=ref, result=res, digest=window_digest(w))
+    assert lf.certus(base, "verify").returncode == 0
+    assert json.loads(lf.certus(base, "registry", "show", f"{lf.NAME}@production", "--json").stdout)["in_review"]
+    # the same window, every check passing: what a forger wants the ledger to say
+    passed = [{**c, "outcome": "pass"} for c in res.checks]
+    detail = {"time": rfc3339(time.time()), "window": res.window, "checks": passed, "features": {}}
+    forged = drift_statement(model=lf.NAME, version=1, bundle_root=show["bundle_root"], window_digest=window_digest(w),
+                             thresholds=ref["thresholds"], detail=detail)
+    # 1. signed by the deployer key (trusted, but not as a trainer)
+    prov2 = Provenance(Workspace(str(base / "ws")))
+    prov2._signers["trainer"] = prov2.signer("deployer", "dep")
+    ((wrong_role, _),) = prov2.append_records([(PAYLOAD_TYPE, forged, "trainer")])
+    # 2. a FAILED report's signature over the PASSED bytes (edited after signing)
+    genuine = sign_envelope(PAYLOAD_TYPE, canonical_bytes(dict(forged, predicate={**forged["predicate"],
+                                                                                  "result": "FAILED"})),
+                            [prov.signer("trainer")])
+    edited = replace(genuine, payload=canonical_bytes(forged))
+    assert isinstance(edited, Envelope)
+    with prov.ledger_lock(exclusive=True):
+        ledger = prov.open_ledger()
+        first, cp = ledger.append_many([edited.to_json_bytes()], NoteSignerAdapter(prov.signer("ledger"),
+                                                                                    name=ledger.origin))
+        remember_checkpoint(prov.ws, cp)
+        prov.index(ledger)
+    p = lf.certus(base, "verify", check=False)
+    assert p.returncode != 0 and "Traceback" not in p.stderr, (p.stdout, p.stderr)
+    fails = [line for line in p.stdout.splitlines() if line.startswith("FAIL: ")]
+    role_line = [f for f in fails if f.startswith(f"FAIL: ledger entry {wrong_role} (drift report): ")]
+    edit_line = [f for f in fails if f.startswith(f"FAIL: ledger entry {first} (drift report): ")]
+    assert role_line and "trainer" in role_line[0], fails
+    assert edit_line and "signature" in edit_line[0] and "verif" in edit_line[0], fails
+    assert len(fails) == 2, fails  # the genuine report at `index` stands
+    assert f"ledger entry {wrong_role} (drift report)" in p.stderr  # the one-line error names the first
+    # neither forged PASSED report lifts the review
+    show = json.loads(lf.certus(base, "registry", "show", f"{lf.NAME}@production", "--json").stdout)
+    assert show["in_review"] and show["drift"]["report_index"] == index
