@@ -175,3 +175,33 @@ def test_hot_swap_when_the_alias_moves_drops_no_request(server: lf.Server, base:
     assert meta["versions"] == ["2"] and meta["parameters"]["bundle_version"] == "1.1.0"
     assert "certus_swaps_total 1.0" in server.get("/metrics")[2].decode()
     assert "swapped penguin-classifier@production: version 1 -> 2" in server.output()
+
+
+def test_a_full_telemetry_buffer_drops_and_counts_and_never_blocks(tmp_path: Path) -> None:
+    """A stalled disk (another connection holds the SQLite file's write lock): the writer thread waits, the
+    request path does not; beyond ``max_queue`` records are dropped and counted, the rest written later."""
+    from engine.serve.telemetry import Record, SQLiteStore, TelemetryWriter
+
+    db = tmp_path / "t.sqlite"
+    w = TelemetryWriter(SQLiteStore(str(db)), max_queue=50, flush_s=0.01, exclude=("secret",))
+    drops: list[int] = []
+    w.on_drop = lambda: drops.append(1)
+    stall = sqlite3.connect(db, isolation_level=None)
+    stall.execute("BEGIN EXCLUSIVE")
+    try:
+        w.submit(Record(time.time(), 200, 1.0, "", "v", 1, 0, {"x": [1.0], "secret": ["s0"]}, ["A"], [0.9], [False]))
+        time.sleep(0.3)  # the writer took it and now waits on the lock
+        t0 = time.perf_counter()
+        for i in range(500):
+            w.submit(Record(time.time(), 200, 1.0, "", "v", 1, 0, {"x": [float(i)], "secret": [f"s{i}"]}, ["A"],
+                            [0.9], [False]))
+        assert time.perf_counter() - t0 < 0.5  # never blocked on the disk
+        assert w.dropped == 450 and len(drops) == 450 and w.written == 0
+    finally:
+        stall.execute("COMMIT")
+        stall.close()
+    w.close()
+    assert w.written == 51 and w.errors == 0
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT count(*) FROM requests").fetchone()[0] == 51
+        assert [r[1] for r in c.execute("PRAGMA table_info(inputs)")][-1] == "c:x"  # the excluded column never stored

@@ -102,6 +102,8 @@ class _State:
             item = parse(rate)
             rate = f"{max(1, item.amount // self.opts.workers)}/{item.multiples} {item.GRANULARITY.name}"
         limiter = RateLimiter(rate) if rate else None
+        if self.writer is not None:  # every served version's pii columns stay out of the store
+            self.writer.exclude = self.writer.exclude | frozenset(dep.cfg.pii_columns)
         self.cfg, self.limiter, self.dep = cfg, limiter, dep  # the request path reads these; dep last
         self.headers = {"x-certus-model-version": str(dep.version), "x-certus-bundle-digest":
                         f"sha256:{dep.bundle_root}"}
@@ -216,14 +218,10 @@ def create_app(opts: ServeOptions | None = None) -> Starlette:
         elapsed = time.perf_counter() - t0
         st.metrics.latency.observe(elapsed)
         st.metrics.requests.labels("200").inc()
-        if st.writer is not None:
-            logged = None
-            if cfg.log_inputs:
-                pii = cfg.pii_columns
-                logged = {k: v for k, v in cols.items() if k not in pii}
-            preds = [dep.model.label(k) for k in classes]
-            st.writer.submit(Record(time.time(), 200, elapsed * 1000, "", dep.bundle_root, rows, n_abstain, logged,
-                                    preds, conf, abstain))
+        if st.writer is not None:  # a tuple into a deque; the writer thread drops pii columns and writes
+            st.writer.submit(Record(time.time(), 200, elapsed * 1000, "", dep.bundle_root, rows, n_abstain,
+                                    cols if cfg.log_inputs else None, [dep.model.label(k) for k in classes], conf,
+                                    abstain))
         return resp
 
     async def live(request: Request) -> Response:
@@ -290,7 +288,8 @@ def create_app(opts: ServeOptions | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         st.install(await asyncio.to_thread(load_verified, st.prov, opts.name, opts.at, opts.registry))
         if opts.telemetry:
-            st.writer = TelemetryWriter(SQLiteStore(opts.telemetry), max_queue=opts.max_queue)
+            st.writer = TelemetryWriter(SQLiteStore(opts.telemetry), max_queue=opts.max_queue,
+                                        exclude=st.cfg.pii_columns)
             st.writer.on_drop = st.metrics.dropped.inc
         task = asyncio.create_task(watch_alias())
         try:

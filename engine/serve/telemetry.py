@@ -1,8 +1,11 @@
 """Telemetry: what each request did, stored off the request path.
 
-The request path only calls :meth:`TelemetryWriter.submit`, a non-blocking put on a bounded queue; a
-full queue drops the record and counts it (a slow disk never blocks a request). One writer thread per
-process drains the queue in batches, one transaction per batch, into a :class:`TelemetryStore`. The
+The request path only calls :meth:`TelemetryWriter.submit`: one tuple appended to a bounded deque (no
+lock, no wake-up, no encoding); a full buffer drops the record and counts it (a slow disk never blocks a
+request). One writer thread per process wakes every ``flush_s``, takes what accumulated and writes it in
+batches, one transaction each (``executemany``), into a :class:`TelemetryStore`. Waking on a timer rather
+than per record is what keeps the cost low: a writer woken per put paid a thread switch and a transaction
+per request (22–26 % of a loaded server's throughput; see benchmarks/bench_serve.py --ab telemetry). The
 store is an interface (``write`` / ``window``) so a time-series or event store can replace
 :class:`SQLiteStore`, the embedded one (WAL, so readers — the monitor — never block writers, and
 several server processes can append to one file).
@@ -14,19 +17,19 @@ logged input column). Columns the serving config marks ``pii_columns`` are never
 
 from __future__ import annotations
 
-import queue
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 __all__ = ["TelemetryStore", "SQLiteStore", "TelemetryWriter", "Record", "Window"]
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One request: ``inputs`` maps logged column -> values (one per row); ``preds``/``conf`` per row."""
+class Record(NamedTuple):
+    """One request: ``inputs`` maps logged column -> values (one per row); ``preds``/``conf`` per row.
+    A tuple: the cheapest thing to build on the request path."""
 
     ts: float
     status: int
@@ -97,17 +100,25 @@ class SQLiteStore:
         self._cols = self._columns()
 
     def write(self, records: Sequence[Record]) -> None:
-        names = sorted({k for r in records if r.inputs for k in r.inputs})
-        self._ensure(names)
-        req = [(r.ts, r.status, r.latency_ms, r.refusal, r.version, r.rows, r.abstained) for r in records]
-        rows: list[tuple[Any, ...]] = []
+        keys: set[str] = set()
         for r in records:
-            if not r.preds:
+            if r.inputs:
+                keys.update(r.inputs)
+        names = sorted(keys)
+        self._ensure(names)
+        req = [r[:7] for r in records]  # ts, status, latency_ms, refusal, version, rows, abstained
+        rows: list[tuple[Any, ...]] = []
+        add = rows.append
+        for r in records:
+            preds = r.preds
+            if not preds:
                 continue
-            cols = [r.inputs.get(n) if r.inputs else None for n in names]
-            for i in range(len(r.preds)):
-                rows.append((r.ts, r.version, r.preds[i], r.conf[i], int(r.abstain_flags[i]) if r.abstain_flags
-                             else 0, *(c[i] if c is not None else None for c in cols)))
+            inp = r.inputs or {}
+            cols = [inp.get(n) for n in names]
+            flags = r.abstain_flags
+            for i in range(len(preds)):
+                add((r.ts, r.version, preds[i], r.conf[i], 1 if flags and flags[i] else 0,
+                     *[None if c is None else c[i] for c in cols]))
         placeholders = ",".join("?" * (5 + len(names)))
         col_sql = "".join(f", {_q(n)}" for n in names)
         self.db.execute("BEGIN IMMEDIATE")
@@ -171,58 +182,52 @@ class SQLiteStore:
 
 
 class TelemetryWriter:
-    """A bounded queue and one writer thread in front of a store."""
+    """A bounded buffer and one writer thread in front of a store; ``exclude`` names columns (pii) that are
+    never given to the store."""
 
-    def __init__(self, store: TelemetryStore, *, max_queue: int = 10000, batch: int = 512,
-                 flush_s: float = 0.2) -> None:
-        self.store, self.batch, self.flush_s = store, batch, flush_s
-        self.q: queue.Queue[Record | None] = queue.Queue(maxsize=max_queue)
+    def __init__(self, store: TelemetryStore, *, max_queue: int = 10000, batch: int = 2048,
+                 flush_s: float = 0.2, exclude: Sequence[str] = ()) -> None:
+        self.store, self.batch, self.flush_s, self.max_queue = store, batch, flush_s, max_queue
+        self.exclude = frozenset(exclude)
+        self.buf: deque[Record] = deque()
         self.dropped = 0
         self.written = 0
         self.errors = 0
         self.on_drop: Any = None  # e.g. a metrics counter's inc
+        self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="certus-telemetry", daemon=True)
         self.thread.start()
 
     def submit(self, record: Record) -> None:
-        """Never blocks: a full queue drops the record and counts it."""
-        try:
-            self.q.put_nowait(record)
-        except queue.Full:
+        """Never blocks: a full buffer drops the record and counts it."""
+        if len(self.buf) >= self.max_queue:
             self.dropped += 1
             if self.on_drop is not None:
                 self.on_drop()
+            return
+        self.buf.append(record)  # deque.append is atomic: no lock on the request path
 
     def _run(self) -> None:
-        stop = False
-        while not stop:
+        while not self._stop.wait(self.flush_s):
+            self._drain()
+        self._drain()
+
+    def _drain(self) -> None:
+        buf = self.buf
+        while buf:
+            n = min(len(buf), self.batch)
+            items = [buf.popleft() for _ in range(n)]
+            if self.exclude:
+                items = [r._replace(inputs={k: v for k, v in r.inputs.items() if k not in self.exclude})
+                         if r.inputs else r for r in items]
             try:
-                first = self.q.get(timeout=self.flush_s)
-            except queue.Empty:
-                continue
-            items = [first]
-            while len(items) < self.batch:
-                try:
-                    items.append(self.q.get_nowait())
-                except queue.Empty:
-                    break
-            if None in items:
-                stop = True
-            batch = [r for r in items if r is not None]
-            if batch:
-                try:
-                    self.store.write(batch)
-                    self.written += len(batch)
-                except Exception:  # noqa: BLE001 - telemetry must never take the server down; counted
-                    self.errors += len(batch)
+                self.store.write(items)
+                self.written += n
+            except Exception:  # noqa: BLE001 - telemetry must never take the server down; counted
+                self.errors += n
 
     def close(self, timeout: float = 10.0) -> None:
-        """Flush what is queued, then stop the thread and close the store."""
-        while True:
-            try:
-                self.q.put(None, timeout=timeout)
-                break
-            except queue.Full:
-                continue
+        """Flush what is buffered, then stop the thread and close the store."""
+        self._stop.set()
         self.thread.join(timeout)
         self.store.close()
