@@ -92,6 +92,27 @@ def bench_serving(base: Path, seconds: float, conns: int) -> dict[tuple[int, boo
     return out
 
 
+def _cpu_s(root: int) -> float:
+    """User + system CPU seconds of process ``root`` and all its descendants (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                f = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(d)] = (int(f[1]), (int(f[11]) + int(f[12])) / tick)  # ppid, utime + stime
+    tree, total, grew = {root}, 0.0, True
+    while grew:
+        more = {pid for pid, (ppid, _) in stats.items() if ppid in tree} - tree
+        grew = bool(more)
+        tree |= more
+    for pid in tree:
+        total += stats.get(pid, (0, 0.0))[1]
+    return total
+
+
 def bench_ab(base: Path, what: str, seconds: float, conns: int, rounds: int, workers: int = 2) -> None:
     """A/B with everything else on, interleaved (on, off, on, off, ...) so a shared machine's drift hits both
     alike; best-of-``rounds`` of each and their ratio. ``what``: telemetry (on / --no-telemetry) or
@@ -103,6 +124,7 @@ def bench_ab(base: Path, what: str, seconds: float, conns: int, rounds: int, wor
     except ImportError:
         pass
     got: dict[bool, list[tuple[float, float, float]]] = {True: [], False: []}
+    cpus: dict[bool, list[float]] = {True: [], False: []}
     for r in range(rounds):
         for on in (True, False):
             extra = ["--workers", str(workers), "--telemetry", str(base / f"ab{r}.sqlite")]
@@ -116,13 +138,19 @@ def bench_ab(base: Path, what: str, seconds: float, conns: int, rounds: int, wor
                 for k in env:
                     os.environ.pop(k)
             try:
+                cpu0 = _cpu_s(s.proc.pid)
                 rps, p50, p99, n, errs = asyncio.run(_load(s.port, seconds, conns))
+                cpu = (_cpu_s(s.proc.pid) - cpu0) / n * 1e6  # server CPU µs per request (warm-up included)
             finally:
                 s.stop()
             got[on].append((rps, p50, p99))
+            cpus[on].append(cpu)
             print(f"round {r + 1}: workers={workers} {what} {'on ' if on else 'off'}: {rps:7.0f} req/s, p50 "
-                  f"{p50:6.2f} ms, p99 {p99:6.2f} ms ({errs} non-200)", flush=True)
+                  f"{p50:6.2f} ms, p99 {p99:6.2f} ms ({errs} non-200); server CPU {cpu:.0f} µs/request", flush=True)
     best = {k: max(v) for k, v in got.items()}
+    low = {k: min(v) for k, v in cpus.items()}
+    print(f"server CPU per request, best of {rounds}: on {low[True]:.0f} µs, off {low[False]:.0f} µs ({what} "
+          f"{100 * (low[True] / low[False] - 1):+.1f}%)")
     print(f"best of {rounds}: {what} on {best[True][0]:.0f} req/s (p99 {best[True][2]:.2f} ms), off "
           f"{best[False][0]:.0f} req/s (p99 {best[False][2]:.2f} ms); {what} costs "
           f"{100 * (1 - best[True][0] / best[False][0]):.1f}% of throughput "

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import random
-import sqlite3
 import subprocess
 import sys
 import time
@@ -40,12 +39,17 @@ def _traffic(s: lf.Server, rows: list[dict[str, float]], n: int, seed: int, shif
 
 
 def _wait_rows(db: Path, n: int) -> None:
+    from engine.serve.telemetry import SQLiteStore
+
     end = time.time() + 20
-    while time.time() < end:
-        with sqlite3.connect(db) as c:
-            if c.execute("SELECT count(*) FROM requests").fetchone()[0] >= n:
+    store = SQLiteStore(str(db))
+    try:
+        while time.time() < end:
+            if store.count() >= n:
                 return
-        time.sleep(0.1)
+            time.sleep(0.1)
+    finally:
+        store.close()
     raise AssertionError("telemetry rows did not arrive")
 
 

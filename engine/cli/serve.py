@@ -44,9 +44,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ServeError(f"--workers {args.workers}: expected 1 or more")
     dep = load_verified(prov, name, at, args.registry)  # refused here, before any port is opened
     telemetry = None if args.no_telemetry else _telemetry_path(prov, args, name)
-    opts = ServeOptions(ws_root=prov.ws.root, name=name, at=at, registry=args.registry, telemetry=telemetry,
-                        guardrails=not args.no_guardrails, poll_s=args.poll, workers=args.workers)
     prom = tempfile.mkdtemp(prefix="certus-prom-")
+    state = tempfile.mkdtemp(prefix="certus-serve-")  # the workers' shared rate-limit table (engine.serve.ratelimit)
+    opts = ServeOptions(ws_root=prov.ws.root, name=name, at=at, registry=args.registry, telemetry=telemetry,
+                        guardrails=not args.no_guardrails, poll_s=args.poll, workers=args.workers, state_dir=state)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = prom
     os.environ[ENV] = opts.to_env()
     print(f"serving {name} version {dep.version} ({dep.bundle_version}, bundle sha256:{dep.bundle_root[:16]}…) on "
@@ -59,6 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     workers=args.workers, log_level=args.log_level, access_log=False, timeout_graceful_shutdown=10)
     finally:
         shutil.rmtree(prom, ignore_errors=True)
+        shutil.rmtree(state, ignore_errors=True)
     return 0
 
 

@@ -63,7 +63,8 @@ def window_digest(w: Window) -> str:
             a = part[name]
             h.update(name.encode() + b"\0")
             if a.dtype == object:
-                h.update("\x1f".join("" if v is None else str(v) for v in a.tolist()).encode())
+                h.update("\x1f".join([v if type(v) is str else "" if v is None else str(v) for v in a.tolist()])
+                         .encode())
             else:
                 h.update(np.ascontiguousarray(a, dtype=float).tobytes())
     return h.hexdigest()
