@@ -243,3 +243,29 @@ def test_rate_limit_holds_across_two_workers(base: Path) -> None:
         assert s.infer([GOOD], client="other")[0] == 200  # per client
     finally:
         s.stop()
+
+
+def test_shared_rate_limiter_is_one_moving_window_over_every_mapping(tmp_path: Path) -> None:
+    """Two limiters on one file (as two workers map it): one budget per client, a moving window (a hit frees up
+    exactly one period after it), other clients apart; a limit above the ring size keeps its rate."""
+    from engine.serve.guardrails import Refusal
+    from engine.serve.ratelimit import MAX_RING, SharedRateLimiter
+
+    path = str(tmp_path / "rl")
+    a, b = SharedRateLimiter("4/second", path), SharedRateLimiter("4/second", path)
+
+    def ok(lim: SharedRateLimiter, client: str) -> bool:
+        try:
+            lim.check(client)
+            return True
+        except Refusal as r:
+            assert r.status == 429 and r.headers["Retry-After"] == "1" and "4/second" in str(r)
+            return False
+
+    t0 = time.monotonic()
+    assert [ok(x, "c") for x in (a, b, a, b, a, b)] == [True] * 4 + [False] * 2
+    assert ok(b, "d") and ok(a, "d")  # per client
+    time.sleep(max(0.0, t0 + 1.05 - time.monotonic()))
+    assert [ok(x, "c") for x in (b, a, b, a, b)] == [True] * 4 + [False]
+    big = SharedRateLimiter("100000/second", None)
+    assert big.amount == MAX_RING and abs(big.amount / big.period - 100000) < 1e-6
