@@ -85,6 +85,7 @@ class SQLiteStore:
     def __init__(self, path: str) -> None:
         self.path = path
         self.db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA page_size=65536")  # a new file only: chunks are large blobs, short overflow chains
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("CREATE TABLE IF NOT EXISTS chunks (tbl TEXT NOT NULL, version TEXT NOT NULL, "
@@ -148,7 +149,8 @@ class SQLiteStore:
             names = json.loads(numeric)
             block = np.frombuffer(data, dtype="<f8").reshape(len(names), n)
             cols: dict[str, Any] = dict(zip(names, block))
-            cols.update(json.loads(text))
+            for k, values in json.loads(text).items():
+                cols[k] = (values, cols[k])  # distinct values, codes
             parts.append((n, cols))
         numeric_names = REQUEST_NUMERIC if table == "requests" else INPUT_NUMERIC
         names = list(dict.fromkeys([*numeric_names, *(k for _, c in parts for k in c)]))
@@ -203,27 +205,51 @@ def _chunk(table: str, version: str, cols: dict[str, list[Any]], numeric: Sequen
     import numpy as np
 
     num = [k for k in cols if k in numeric or all(_is_number(v) for v in cols[k])]
-    text = {k: v for k, v in cols.items() if k not in num}
-    block = np.array([cols[k] for k in num], dtype="<f8")  # None -> NaN
+    text: dict[str, list[Any]] = {}  # other columns dictionary-encoded: distinct values here, codes in the block
+    data = [cols[k] for k in num]
+    for k, values in cols.items():
+        if k not in num:
+            index: dict[Any, int] = {}
+            data.append([index.setdefault(v, len(index)) for v in values])
+            text[k] = list(index)
+    block = np.array(data, dtype="<f8")  # None -> NaN
     ts = block[0]
-    return (table, version, float(ts.min()), float(ts.max()), len(ts), json.dumps(num), block.tobytes(),
+    return (table, version, float(ts.min()), float(ts.max()), len(ts), json.dumps([*num, *text]), block.tobytes(),
             json.dumps(text, separators=(",", ":")))
 
 
 def _concat(parts: Sequence[tuple[int, Any]]) -> Any:
-    """One column across chunks: float when every chunk holds numbers, else an object array (None missing)."""
+    """One column across chunks: float when every chunk holds numbers (NaN where a chunk lacks it), else an
+    object array (None where missing)."""
     import numpy as np
 
     if all(isinstance(v, np.ndarray) for _, v in parts):
         return np.concatenate([v for _, v in parts]) if parts else np.asarray([], dtype=float)
-    if all(isinstance(v, np.ndarray) or v is None for _, v in parts):  # absent in some chunks: missing values
+    if all(isinstance(v, np.ndarray) or v is None for _, v in parts):
         return np.concatenate([v if v is not None else np.full(n, np.nan) for n, v in parts])
+    if all(isinstance(v, tuple) or v is None for _, v in parts):  # dictionary-encoded: remap codes, then look up
+        index: dict[Any, int] = {}
+        codes = []
+        for n, v in parts:
+            values, local = v if v is not None else ([None], np.zeros(n))
+            remap = np.asarray([index.setdefault(x, len(index)) for x in values], dtype=np.intp)
+            codes.append(remap[local.astype(np.intp)])
+        table = np.empty(len(index), dtype=object)
+        table[:] = list(index)
+        if all(_is_number(x) for x in index):
+            table = table.astype(float)
+        return table[np.concatenate(codes)]
     vals: list[Any] = []
     for n, v in parts:
-        vals.extend(v.tolist() if isinstance(v, np.ndarray) else ([None] * n if v is None else v))
+        if isinstance(v, tuple):
+            vals.extend(np.asarray(v[0], dtype=object)[v[1].astype(np.intp)].tolist())
+        else:
+            vals.extend(v.tolist() if v is not None else [None] * n)
     if all(_is_number(x) for x in vals):
         return np.asarray(vals, dtype=float)
-    return np.asarray(vals, dtype=object)
+    out = np.empty(len(vals), dtype=object)
+    out[:] = vals
+    return out
 
 
 class TelemetryWriter:
