@@ -284,9 +284,13 @@ class TelemetryWriter:
         self._drain()
 
     def _drain(self) -> None:
+        """Write what was buffered when the writer woke; what arrives meanwhile waits for the next wake (looping
+        until empty would write a transaction per request under load, the cost this design avoids)."""
         buf = self.buf
-        while buf:
-            n = min(len(buf), self.batch)
+        left = len(buf)
+        while left:
+            n = min(left, self.batch)
+            left -= n
             items = [buf.popleft() for _ in range(n)]
             if self.exclude:
                 items = [r._replace(inputs={k: v for k, v in r.inputs.items() if k not in self.exclude})
