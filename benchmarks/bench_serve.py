@@ -8,6 +8,7 @@ client-side p50/p99 latency. The generator shares the machine's cores with the s
 this machine does with both on it.
 
     python benchmarks/bench_serve.py [--seconds 10] [--conns 32] [--rows 1000000]
+    python benchmarks/bench_serve.py --ab telemetry|ratelimit [--rounds 3]   # interleaved A/B, 2 workers
 """
 
 from __future__ import annotations
@@ -91,6 +92,71 @@ def bench_serving(base: Path, seconds: float, conns: int) -> dict[tuple[int, boo
     return out
 
 
+def _cpu_s(root: int) -> float:
+    """User + system CPU seconds of process ``root`` and all its descendants (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                f = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(d)] = (int(f[1]), (int(f[11]) + int(f[12])) / tick)  # ppid, utime + stime
+    tree, total, grew = {root}, 0.0, True
+    while grew:
+        more = {pid for pid, (ppid, _) in stats.items() if ppid in tree} - tree
+        grew = bool(more)
+        tree |= more
+    for pid in tree:
+        total += stats.get(pid, (0, 0.0))[1]
+    return total
+
+
+def bench_ab(base: Path, what: str, seconds: float, conns: int, rounds: int, workers: int = 2) -> None:
+    """A/B with everything else on, interleaved (on, off, on, off, ...) so a shared machine's drift hits both
+    alike; best-of-``rounds`` of each and their ratio. ``what``: telemetry (on / --no-telemetry) or
+    ratelimit (the serving config's limit / none; the lifecycle is built with a limit no client reaches)."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    got: dict[bool, list[tuple[float, float, float]]] = {True: [], False: []}
+    cpus: dict[bool, list[float]] = {True: [], False: []}
+    for r in range(rounds):
+        for on in (True, False):
+            extra = ["--workers", str(workers), "--telemetry", str(base / f"ab{r}.sqlite")]
+            if what == "telemetry" and not on:
+                extra = ["--workers", str(workers), "--no-telemetry"]
+            env = {"CERTUS_SERVE_NO_RATE_LIMIT": "1"} if what == "ratelimit" and not on else {}
+            os.environ.update(env)
+            try:
+                s = lf.Server(base, f"{lf.NAME}@production", *extra)
+            finally:
+                for k in env:
+                    os.environ.pop(k)
+            try:
+                cpu0 = _cpu_s(s.proc.pid)
+                rps, p50, p99, n, errs = asyncio.run(_load(s.port, seconds, conns))
+                cpu = (_cpu_s(s.proc.pid) - cpu0) / n * 1e6  # server CPU µs per request (warm-up included)
+            finally:
+                s.stop()
+            got[on].append((rps, p50, p99))
+            cpus[on].append(cpu)
+            print(f"round {r + 1}: workers={workers} {what} {'on ' if on else 'off'}: {rps:7.0f} req/s, p50 "
+                  f"{p50:6.2f} ms, p99 {p99:6.2f} ms ({errs} non-200); server CPU {cpu:.0f} µs/request", flush=True)
+    best = {k: max(v) for k, v in got.items()}
+    low = {k: min(v) for k, v in cpus.items()}
+    print(f"server CPU per request, best of {rounds}: on {low[True]:.0f} µs, off {low[False]:.0f} µs ({what} "
+          f"{100 * (low[True] / low[False] - 1):+.1f}%)")
+    print(f"best of {rounds}: {what} on {best[True][0]:.0f} req/s (p99 {best[True][2]:.2f} ms), off "
+          f"{best[False][0]:.0f} req/s (p99 {best[False][2]:.2f} ms); {what} costs "
+          f"{100 * (1 - best[True][0] / best[False][0]):.1f}% of throughput "
+          f"(on/off = {best[True][0] / best[False][0]:.3f})")
+
+
 def bench_monitor(base: Path, rows: int) -> None:
     import json as _json
     import random
@@ -135,15 +201,21 @@ def main() -> None:
     ap.add_argument("--conns", type=int, default=32)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--skip-serving", action="store_true")
+    ap.add_argument("--ab", choices=("telemetry", "ratelimit"), help="only an interleaved A/B of this, 2 workers")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--skip-monitor", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as d:
         base = Path(d)
         t0 = time.perf_counter()
         lf.build(base, rate_limit="100000/second")
         print(f"lifecycle built and deployed in {time.perf_counter() - t0:.0f} s; {os.cpu_count()} CPUs", flush=True)
-        if not args.skip_serving:
+        if args.ab:
+            bench_ab(base, args.ab, args.seconds, args.conns, args.rounds)
+        elif not args.skip_serving:
             bench_serving(base, args.seconds, args.conns)
-        bench_monitor(base, args.rows)
+        if not args.skip_monitor and not args.ab:
+            bench_monitor(base, args.rows)
 
 
 if __name__ == "__main__":

@@ -101,23 +101,28 @@ def test_serves_oip_with_guardrails_metrics_and_telemetry(server: lf.Server, bas
     assert "certus_request_latency_seconds_bucket" in text
     # telemetry: every request recorded (off the request path: wait for the writer), pii never stored
     db = base / "telemetry.sqlite"
-    end = time.time() + 10
-    while time.time() < end:
+    from engine.serve.telemetry import SQLiteStore
+
+    store = SQLiteStore(str(db))
+    try:
+        end = time.time() + 10
+        while time.time() < end and store.count() < 13:
+            time.sleep(0.1)
+        w = store.window(None, None, None)
         with sqlite3.connect(db) as c:
-            n = c.execute("SELECT count(*) FROM requests").fetchone()[0]
-        if n >= 12:
-            break
-        time.sleep(0.1)
-    with sqlite3.connect(db) as c:
-        assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        kinds = dict(c.execute("SELECT refusal, count(*) FROM requests GROUP BY refusal").fetchall())
-        cols = [r[1] for r in c.execute("PRAGMA table_info(inputs)")]
-        rows = c.execute('SELECT pred, "c:body_mass_g" FROM inputs').fetchall()
-        dump = "\n".join(str(r) for r in c.execute("SELECT * FROM inputs"))
+            assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        store.close()
+    from collections import Counter
+
+    kinds = Counter(w.requests["refusal"].tolist())
     assert kinds == {"": 3, "schema": 5, "bad_request": 2, "not_found": 1, "payload_too_large": 2}, kinds
-    assert "c:body_mass_g" in cols and not any("individual_id" in c for c in cols), cols
-    assert "N1A1" not in dump and "N9A2" not in dump
+    assert sorted(w.requests["status"].tolist()) == [200.0] * 3 + [400.0] * 2 + [404.0] + [413.0] * 2 + [422.0] * 5
+    assert "body_mass_g" in w.inputs and "individual_id" not in w.inputs, sorted(w.inputs)
+    rows = list(zip(w.inputs["pred"].tolist(), w.inputs["body_mass_g"].tolist()))
     assert len(rows) == 6 and ("Gentoo", 5200.0) in rows
+    raw = b"".join(p.read_bytes() for p in base.glob("telemetry.sqlite*"))  # the file and its WAL: no pii anywhere
+    assert b"N1A1" not in raw and b"N9A2" not in raw and b"individual_id" not in raw
 
 
 def test_rate_limit_per_client_with_retry_after(server: lf.Server) -> None:
@@ -175,3 +180,92 @@ def test_hot_swap_when_the_alias_moves_drops_no_request(server: lf.Server, base:
     assert meta["versions"] == ["2"] and meta["parameters"]["bundle_version"] == "1.1.0"
     assert "certus_swaps_total 1.0" in server.get("/metrics")[2].decode()
     assert "swapped penguin-classifier@production: version 1 -> 2" in server.output()
+
+
+def test_a_full_telemetry_buffer_drops_and_counts_and_never_blocks(tmp_path: Path) -> None:
+    """A stalled disk (another connection holds the SQLite file's write lock): the writer thread waits, the
+    request path does not; beyond ``max_queue`` records are dropped and counted, the rest written later."""
+    from engine.serve.telemetry import Record, SQLiteStore, TelemetryWriter
+
+    db = tmp_path / "t.sqlite"
+    w = TelemetryWriter(SQLiteStore(str(db)), max_queue=50, flush_s=0.01, exclude=("secret",))
+    drops: list[int] = []
+    w.on_drop = lambda: drops.append(1)
+    stall = sqlite3.connect(db, isolation_level=None)
+    stall.execute("BEGIN EXCLUSIVE")
+    try:
+        w.submit(Record(time.time(), 200, 1.0, "", "v", 1, 0, {"x": [1.0], "secret": ["s0"]}, ["A"], [0.9], [False]))
+        time.sleep(0.3)  # the writer took it and now waits on the lock
+        t0 = time.perf_counter()
+        for i in range(500):
+            w.submit(Record(time.time(), 200, 1.0, "", "v", 1, 0, {"x": [float(i)], "secret": [f"s{i}"]}, ["A"],
+                            [0.9], [False]))
+        assert time.perf_counter() - t0 < 0.5  # never blocked on the disk
+        assert w.dropped == 450 and len(drops) == 450 and w.written == 0
+    finally:
+        stall.execute("COMMIT")
+        stall.close()
+    w.close()
+    assert w.written == 51 and w.errors == 0
+    store = SQLiteStore(str(db))
+    win = store.window(None, None, None)
+    store.close()
+    assert len(win.requests["ts"]) == 51 and sorted(win.inputs) == ["abstained", "conf", "pred", "ts", "x"]
+    assert win.inputs["x"].tolist() == [1.0, *map(float, range(50))]  # the excluded column never stored
+
+
+def test_rate_limit_holds_across_two_workers(base: Path) -> None:
+    """One client, 30/minute, two worker processes: one keep-alive connection (one worker) gets the whole limit,
+    and requests spread over many connections (both workers) get it once, not once per worker."""
+    import http.client
+    from concurrent.futures import ThreadPoolExecutor
+
+    s = lf.Server(base, lf.NAME + "@production", "--workers", "2", "--no-telemetry")
+    try:
+        body = json.dumps({"inputs": [{"name": k, "shape": [1], "datatype": "FP64", "data": [v]}
+                                      for k, v in GOOD.items()]}).encode()
+        c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
+        codes = []
+        for _ in range(34):
+            c.request("POST", f"/v2/models/{lf.NAME}/infer", body, {"x-client-id": "one-connection"})
+            r = c.getresponse()
+            r.read()
+            codes.append(r.status)
+        c.close()
+        assert codes == [200] * 30 + [429] * 4, codes
+
+        def fresh(i: int) -> int:
+            return s.request("POST", f"/v2/models/{lf.NAME}/infer", body, {"x-client-id": "spread"})[0]
+
+        with ThreadPoolExecutor(8) as pool:
+            spread = list(pool.map(fresh, range(80)))
+        assert spread.count(200) == 30 and spread.count(429) == 50, spread
+        assert s.infer([GOOD], client="other")[0] == 200  # per client
+    finally:
+        s.stop()
+
+
+def test_shared_rate_limiter_is_one_moving_window_over_every_mapping(tmp_path: Path) -> None:
+    """Two limiters on one file (as two workers map it): one budget per client, a moving window (a hit frees up
+    exactly one period after it), other clients apart; a limit above the ring size keeps its rate."""
+    from engine.serve.guardrails import Refusal
+    from engine.serve.ratelimit import MAX_RING, SharedRateLimiter
+
+    path = str(tmp_path / "rl")
+    a, b = SharedRateLimiter("4/second", path), SharedRateLimiter("4/second", path)
+
+    def ok(lim: SharedRateLimiter, client: str) -> bool:
+        try:
+            lim.check(client)
+            return True
+        except Refusal as r:
+            assert r.status == 429 and r.headers["Retry-After"] == "1" and "4/second" in str(r)
+            return False
+
+    t0 = time.monotonic()
+    assert [ok(x, "c") for x in (a, b, a, b, a, b)] == [True] * 4 + [False] * 2
+    assert ok(b, "d") and ok(a, "d")  # per client
+    time.sleep(max(0.0, t0 + 1.05 - time.monotonic()))
+    assert [ok(x, "c") for x in (b, a, b, a, b)] == [True] * 4 + [False]
+    big = SharedRateLimiter("100000/second", None)
+    assert big.amount == MAX_RING and abs(big.amount / big.period - 100000) < 1e-6

@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import posixpath
-from datetime import UTC, datetime
 from typing import Any
 
 from engine.errors import DatasetError
@@ -31,19 +30,9 @@ def _rel(ws: Any, path: str) -> str:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from engine.adapters import dvc
-    from engine.datasets.registry import (
-        SENSITIVITY,
-        DatasetManifest,
-        Registry,
-        now_rfc3339,
-        parse_retention,
-        write_manifest,
-    )
-    from engine.datasets.schema import load_schema_file, validate
-    from engine.provenance.recorder import Provenance, sha256_hex
-    from engine.store.hashing import Hasher
-    from engine.store.workspace import WorkspaceLock
+    from engine.datasets.register import register_source
+    from engine.datasets.registry import SENSITIVITY
+    from engine.provenance.recorder import Provenance
 
     ws = _ws(args)
     rel = _rel(ws, args.path)
@@ -53,41 +42,17 @@ def cmd_add(args: argparse.Namespace) -> int:
         raise DatasetError(f"--name '{args.name}': use letters, digits, '-', '_' and '.'")
     prov = Provenance(ws)
     steward = prov.signer("data-steward", args.key)  # before any change: fail early without a key
-    schema_ref, stats = None, None
-    if args.schema:
-        schema_rel = _rel(ws, args.schema)
-        schema = load_schema_file(ws.p(schema_rel), schema_rel)
-        stats = validate(ws.p(rel), schema, label=rel)
-        with open(ws.p(schema_rel), "rb") as f:
-            schema_ref = {"path": schema_rel, "sha256": sha256_hex(f.read())}
-    with WorkspaceLock(ws).held(wait=True, command="dataset add"):
-        dvc_info = dvc.track(ws.root, rel, init=args.init)
-        entry = Hasher(ws.root).hash_path(rel)
-        assert entry is not None
-        reg = Registry.load(ws.root)
-        existing = reg.entries.get(args.name, [])
-        for e in existing:
-            if e.manifest.id == str(entry.digest):
-                print(f"dataset {e.manifest.ref} (v{e.manifest.version}) already registers these bytes")
-                return 0
-        today = datetime.now(UTC).date()
-        man = DatasetManifest(
-            id=str(entry.digest), name=args.name, version=(existing[-1].manifest.version + 1) if existing else 1,
-            path=rel, source=args.source, sensitivity=args.sensitivity,
-            expires=parse_retention(args.retention, today).isoformat(), license=args.license,
-            owner=args.owner or steward.name, registered=now_rfc3339(),
-            rows=stats.rows if stats else None, columns=stats.columns if stats else None, schema=schema_ref,
-            dvc=dvc_info,
-        )
-        path, raw = write_manifest(reg, man, steward)
-        prov.append_event("dataset.registered", man.ref, {
-            "id": man.id, "name": man.name, "version": man.version, "path": man.path,
-            "manifest": path, "manifest_sha256": sha256_hex(raw), "dvc_md5": dvc_info.get("md5"),
-            "sensitivity": man.sensitivity, "expires": man.expires, "policy_refs": list(man.policy)})
+    done = register_source(prov, rel, name=args.name, source=args.source, sensitivity=args.sensitivity,
+                           retention=args.retention, license=args.license, owner=args.owner, steward=steward,
+                           schema_rel=_rel(ws, args.schema) if args.schema else None, init=args.init)
+    man = done.manifest
+    if not done.new:
+        print(f"dataset {man.ref} (v{man.version}) already registers these bytes")
+        return 0
     print(f"registered dataset {man.ref} (v{man.version}): {man.path}, {man.rows} rows x {man.columns} columns")
-    print(f"  id {man.id}\n  manifest {path} (signed by {steward.name})\n  DVC md5 {dvc_info.get('md5')}")
+    print(f"  id {man.id}\n  manifest {done.manifest_file} (signed by {steward.name})\n  DVC md5 {done.dvc.get('md5')}")
     print(f"next: another person approves it with 'certus dataset approve {man.ref} --key APPROVER'; "
-          f"commit {path}, {rel}.dvc and .gitignore")
+          f"commit {done.manifest_file}, {rel}.dvc and .gitignore")
     return 0
 
 

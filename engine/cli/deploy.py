@@ -60,10 +60,11 @@ def _registry(args: argparse.Namespace) -> Any:
     from engine.release.registry import Registry
 
     prov = _prov(args)
-    reg = Registry.load(prov.ws.root, LedgerView.load(prov), args.registry)
+    view = LedgerView.load(prov)
+    reg = Registry.load(prov.ws.root, view, args.registry)
     for p in reg.problems:
         print(f"note: {p}", file=sys.stderr)
-    return prov, reg
+    return prov, reg, view
 
 
 def _key_names(prov: Any) -> dict[str, str]:
@@ -77,8 +78,9 @@ def cmd_registry(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from engine.release.registry import parse_ref
+    from engine.release.review import drift_review
 
-    prov, reg = _registry(args)
+    prov, reg, view = _registry(args)
     names = _key_names(prov)
     if args.registry_command == "list":
         rows = [{"name": n, "versions": sorted(m.versions), "aliases": dict(sorted(m.aliases.items()))}
@@ -96,12 +98,20 @@ def cmd_registry(args: argparse.Namespace) -> int:
         model = reg.model(name)
         v = model.resolve(at)
         aliases = [a for a, n in sorted(model.aliases.items()) if n == v.number]
+        review = drift_review(view, v.bundle_root)  # after a FAILED drift report: held until re-evaluated or waived
         out = {**asdict(v), "name": name, "aliases": aliases, "path": reg.bundle_path(name, v.number),
-               "deployer_name": names.get(v.deployer, "?")}
+               "deployer_name": names.get(v.deployer, "?"), "in_review": review.in_review,
+               "drift": None if review.report is None else {
+                   "result": review.result, "report_index": review.report.index,
+                   "report_sha256": review.report.sha256, "failed_checks": list(review.failed_checks),
+                   "waiver_index": review.waived_by.index if review.waived_by else None}}
         if args.json:
             print(json.dumps(out, indent=2))
             return 0
-        print(f"{name} version {v.number} ({v.bundle_version}){' = ' + ', '.join(aliases) if aliases else ''}")
+        state = " (in review)" if review.in_review else ""
+        print(f"{name} version {v.number} ({v.bundle_version}){' = ' + ', '.join(aliases) if aliases else ''}{state}")
+        if review.in_review:
+            print(f"  {review.why()}")
         print(f"  bundle root sha256 {v.bundle_root}\n  run {v.run_id}; release record ledger entry "
               f"{v.release_index} (sha256 {v.release_sha256[:16]}…)\n  registered {v.time} by "
               f"{out['deployer_name']} (ledger entry {v.index}); verification summary sha256 {v.vsa_sha256[:16]}…"

@@ -44,9 +44,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ServeError(f"--workers {args.workers}: expected 1 or more")
     dep = load_verified(prov, name, at, args.registry)  # refused here, before any port is opened
     telemetry = None if args.no_telemetry else _telemetry_path(prov, args, name)
-    opts = ServeOptions(ws_root=prov.ws.root, name=name, at=at, registry=args.registry, telemetry=telemetry,
-                        guardrails=not args.no_guardrails, poll_s=args.poll, workers=args.workers)
     prom = tempfile.mkdtemp(prefix="certus-prom-")
+    state = tempfile.mkdtemp(prefix="certus-serve-")  # the workers' shared rate-limit table (engine.serve.ratelimit)
+    opts = ServeOptions(ws_root=prov.ws.root, name=name, at=at, registry=args.registry, telemetry=telemetry,
+                        guardrails=not args.no_guardrails, poll_s=args.poll, workers=args.workers, state_dir=state)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = prom
     os.environ[ENV] = opts.to_env()
     print(f"serving {name} version {dep.version} ({dep.bundle_version}, bundle sha256:{dep.bundle_root[:16]}…) on "
@@ -59,11 +60,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     workers=args.workers, log_level=args.log_level, access_log=False, timeout_graceful_shutdown=10)
     finally:
         shutil.rmtree(prom, ignore_errors=True)
+        shutil.rmtree(state, ignore_errors=True)
     return 0
 
 
-def _target(prov: Any, ref: str, registry: str | None) -> tuple[str, Any, str, dict[str, Any], tuple[str, ...]]:
-    """(name, version, bundle path, reference, pii columns) of the deployment ``ref`` names, chain verified."""
+def _target(prov: Any, ref: str, registry: str | None) -> tuple[str, Any, str, dict[str, Any], Any]:
+    """(name, version, bundle path, reference, serving config) of the deployment ``ref`` names, chain verified."""
     from datetime import UTC, datetime
 
     from engine.release.chain import verify_chain
@@ -82,7 +84,7 @@ def _target(prov: Any, ref: str, registry: str | None) -> tuple[str, Any, str, d
         raise ServeError(f"{ref}: version {version.number} was packaged without a drift reference (reference.json; "
                          "certus package --reference CSV)") from None
     cfg = parse_serving(open(os.path.join(path, "serving.yaml"), encoding="utf-8").read(), f"{path}/serving.yaml")
-    return name, version, path, reference, cfg.pii_columns
+    return name, version, path, reference, cfg
 
 
 def _print(res: Any, name: str, version: Any, as_json: bool, extra: dict[str, Any]) -> None:
@@ -113,14 +115,14 @@ def _one_pass(args: argparse.Namespace, prov: Any) -> int:
     from engine.serve.monitor import evaluate, parse_since, record, window_digest
     from engine.serve.telemetry import SQLiteStore
 
-    name, version, _, reference, pii = _target(prov, args.ref, args.registry)
+    name, version, _, reference, cfg = _target(prov, args.ref, args.registry)
     path = _telemetry_path(prov, args, name)
     store = SQLiteStore(path)
     try:
         window = store.window(version.bundle_root, parse_since(args.since, time.time()), None)
     finally:
         store.close()
-    res = evaluate(window, reference, pii)
+    res = evaluate(window, reference, cfg.pii_columns)
     extra: dict[str, Any] = {}
     if res.status == "FAILED" or (args.record and res.status == "PASSED"):
         index, sha = record(prov, prov.signer("trainer"), model=name, version=version.number,
@@ -170,10 +172,49 @@ def _waive(args: argparse.Namespace, prov: Any) -> int:
     return 0
 
 
+def _propose(args: argparse.Namespace, prov: Any) -> int:
+    from engine.datasets.register import register_source
+    from engine.datasets.registry import Registry
+    from engine.serve.monitor import parse_since, window_digest
+    from engine.serve.retrain import check_sensitivity, dataset_name, proposal
+    from engine.serve.telemetry import SQLiteStore
+    from engine.store.fsutil import atomic_write
+
+    name, version, _, reference, cfg = _target(prov, args.ref, args.registry)
+    parent = check_sensitivity(Registry.load(prov.ws.root), reference)
+    steward = prov.signer("data-steward", args.key)  # before anything is written: fail early without a key
+    store = SQLiteStore(_telemetry_path(prov, args, name))
+    try:
+        window = store.window(version.bundle_root, parse_since(args.since, time.time()), None)
+    finally:
+        store.close()
+    prop = proposal(window.inputs, cfg.features or list(reference["features"]), cfg.pii_columns)
+    ds = dataset_name(name)
+    rel = f"data/telemetry/{ds}.csv"
+    atomic_write(prov.ws.p(rel), prop.csv)
+    source = (f"certus monitor --propose-retrain {args.ref}: {prop.rows} input rows served by {name} version "
+              f"{version.number} (bundle sha256:{version.bundle_root}), telemetry window sha256 "
+              f"{window_digest(window)}; inputs and predictions, no labels, no pii columns")
+    done = register_source(prov, rel, name=ds, source=source, sensitivity=parent.sensitivity,
+                           retention=parent.expires, license=parent.license, owner=None, steward=steward)
+    man = done.manifest
+    if not done.new:
+        print(f"dataset {man.ref} (v{man.version}) already registers these {prop.rows} input rows")
+        return 0
+    print(f"proposed retraining data: registered dataset {man.ref} (v{man.version}): {rel}, {prop.rows} rows "
+          f"({', '.join(prop.columns)}), sensitivity {man.sensitivity} as {parent.ref}; manifest "
+          f"{done.manifest_file} (signed by {steward.name})")
+    print(f"awaiting approval: another person runs 'certus dataset approve {man.ref} --key APPROVER'; until then a "
+          f"stage with 'datasets: [{ds}]' is refused")
+    return 0
+
+
 def cmd_monitor(args: argparse.Namespace) -> int:
     prov = _prov(args)
     if args.waive:
         return _waive(args, prov)
+    if args.propose_retrain:
+        return _propose(args, prov)
     if not args.watch:
         return _one_pass(args, prov)
     worst = 0
@@ -216,7 +257,10 @@ def register(sub: Any, add: Any) -> None:
     m.add_argument("--record", action="store_true", help="also sign a passing pass (a re-evaluation)")
     m.add_argument("--waive", metavar="SHA256", help="approver: waive the FAILED drift report with this digest")
     m.add_argument("--reason", help="the waiver's rationale")
+    m.add_argument("--propose-retrain", action="store_true",
+                   help="register the window's inputs as a new dataset version (NAME-inputs) awaiting approval")
     m.add_argument("--registry", metavar="DIR")
     m.add_argument("--telemetry", metavar="FILE")
-    m.add_argument("--key", help="signing key (trainer for reports, approver for --waive)")
+    m.add_argument("--key", help="signing key (trainer for reports, approver for --waive, data steward for "
+                                 "--propose-retrain)")
     m.set_defaults(func=cmd_monitor)

@@ -30,12 +30,14 @@ from starlette.routing import Route
 
 from engine.datasets.schema import ColumnRule
 from engine.serve.deployment import AliasWatch, Deployment, load_verified, resolve
-from engine.serve.guardrails import RateLimiter, Refusal, parse_request
+from engine.serve.guardrails import Refusal, parse_request
+from engine.serve.ratelimit import SharedRateLimiter
 from engine.serve.telemetry import Record, SQLiteStore, TelemetryWriter
 
 __all__ = ["create_app", "ServeOptions", "ENV"]
 
 ENV = "CERTUS_SERVE_OPTIONS"
+NO_RATE_LIMIT = "CERTUS_SERVE_NO_RATE_LIMIT"  # benchmarks only: the rate limit's cost, measured A/B
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class ServeOptions:
     poll_s: float = 1.0
     workers: int = 1
     max_queue: int = 10000
+    state_dir: str | None = None  # where the workers' shared rate-limit state lives; None: in this process
 
     def to_env(self) -> str:
         return json.dumps(self.__dict__)
@@ -82,7 +85,7 @@ class _State:
         self.prov = Provenance(Workspace.discover(opts.ws_root))
         self.dep: Deployment | None = None
         self.cfg: Any = None
-        self.limiter: RateLimiter | None = None
+        self.limiter: SharedRateLimiter | None = None
         self.writer: TelemetryWriter | None = None
         self.metrics = _Metrics()
         self.watch = AliasWatch(self.prov.ws.root)
@@ -95,13 +98,18 @@ class _State:
             cfg = replace(cfg, columns=tuple(ColumnRule(f, type="float", nullable=False) for f in cfg.features),
                           reject_unknown_features=False, min_confidence=0.0, rate_limit=None,
                           max_input_bytes=1 << 30, max_batch=1 << 30)
-        rate = cfg.rate_limit
-        if rate and self.opts.workers > 1:  # the configured limit bounds the whole server: split it
-            from limits import parse
+        rate = None if os.environ.get(NO_RATE_LIMIT) else cfg.rate_limit
+        limiter = self.limiter if self.limiter is not None and self.limiter.rate == rate else None
+        if rate and limiter is None:  # one state for the whole server: every worker maps the same file
+            path = None
+            if self.opts.state_dir:
+                import hashlib
 
-            item = parse(rate)
-            rate = f"{max(1, item.amount // self.opts.workers)}/{item.multiples} {item.GRANULARITY.name}"
-        limiter = RateLimiter(rate) if rate else None
+                name = f"ratelimit-{hashlib.sha256(rate.encode()).hexdigest()[:16]}"
+                path = os.path.join(self.opts.state_dir, name)
+            limiter = SharedRateLimiter(rate, path)
+        if self.writer is not None:  # every served version's pii columns stay out of the store
+            self.writer.exclude = self.writer.exclude | frozenset(dep.cfg.pii_columns)
         self.cfg, self.limiter, self.dep = cfg, limiter, dep  # the request path reads these; dep last
         self.headers = {"x-certus-model-version": str(dep.version), "x-certus-bundle-digest":
                         f"sha256:{dep.bundle_root}"}
@@ -216,14 +224,10 @@ def create_app(opts: ServeOptions | None = None) -> Starlette:
         elapsed = time.perf_counter() - t0
         st.metrics.latency.observe(elapsed)
         st.metrics.requests.labels("200").inc()
-        if st.writer is not None:
-            logged = None
-            if cfg.log_inputs:
-                pii = cfg.pii_columns
-                logged = {k: v for k, v in cols.items() if k not in pii}
-            preds = [dep.model.label(k) for k in classes]
-            st.writer.submit(Record(time.time(), 200, elapsed * 1000, "", dep.bundle_root, rows, n_abstain, logged,
-                                    preds, conf, abstain))
+        if st.writer is not None:  # a tuple into a deque; the writer thread drops pii columns and writes
+            st.writer.submit(Record(time.time(), 200, elapsed * 1000, "", dep.bundle_root, rows, n_abstain,
+                                    cols if cfg.log_inputs else None, [dep.model.label(k) for k in classes], conf,
+                                    abstain))
         return resp
 
     async def live(request: Request) -> Response:
@@ -290,7 +294,8 @@ def create_app(opts: ServeOptions | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         st.install(await asyncio.to_thread(load_verified, st.prov, opts.name, opts.at, opts.registry))
         if opts.telemetry:
-            st.writer = TelemetryWriter(SQLiteStore(opts.telemetry), max_queue=opts.max_queue)
+            st.writer = TelemetryWriter(SQLiteStore(opts.telemetry), max_queue=opts.max_queue,
+                                        exclude=st.cfg.pii_columns)
             st.writer.on_drop = st.metrics.dropped.inc
         task = asyncio.create_task(watch_alias())
         try:

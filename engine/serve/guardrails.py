@@ -1,6 +1,6 @@
 """Guardrails on the request path: payload size, the Open Inference Protocol request shape, the input
-rules (the dataset schema's: type, nullable, min, max, allowed), per-client rate limits, and the
-output rule (abstain below a confidence floor).
+rules (the dataset schema's: type, nullable, min, max, allowed), and the output rule (abstain below a
+confidence floor). The per-client rate limit is :mod:`engine.serve.ratelimit` (shared by the workers).
 
 Every refusal is a :class:`Refusal` with an HTTP status, a kind (what the metrics count it as) and a
 message naming the input and the rule, so a bad request is a 4xx that says what to fix — never a 500.
@@ -9,14 +9,12 @@ message naming the input and the rule, so a bad request is a 4xx that says what 
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass
 from typing import Any
 
 from engine.datasets.schema import ColumnRule
 from engine.serve.config import ServingConfig
 
-__all__ = ["Refusal", "parse_request", "RateLimiter", "KINDS"]
+__all__ = ["Refusal", "parse_request", "KINDS"]
 
 KINDS = ("payload_too_large", "bad_request", "schema", "rate_limit", "not_found", "not_ready")
 
@@ -129,27 +127,3 @@ def parse_request(body: Any, cfg: ServingConfig) -> tuple[int, dict[str, list[An
             r = cols[f].index(None)
             raise Refusal(422, "schema", f"input '{f}' row {r}: missing value (a model feature)", f, "required")
     return rows, cols
-
-
-@dataclass
-class RateLimiter:
-    """Per-client moving-window limit (the ``limits`` library, in-process storage): exact, so a burst that
-    straddles a window boundary cannot get twice the limit through."""
-
-    rate: str
-
-    def __post_init__(self) -> None:
-        from limits import parse
-        from limits.storage import MemoryStorage
-        from limits.strategies import MovingWindowRateLimiter
-
-        self.item = parse(self.rate)
-        self.limiter = MovingWindowRateLimiter(MemoryStorage())
-
-    def check(self, client: str) -> None:
-        if self.limiter.hit(self.item, client):
-            return
-        reset = self.limiter.get_window_stats(self.item, client).reset_time
-        retry = max(1, math.ceil(reset - time.time()))
-        raise Refusal(429, "rate_limit", f"client {client[:64]}: rate limit {self.rate} exceeded; retry in {retry} s",
-                      "client", f"rate_limit {self.rate}", headers={"Retry-After": str(retry)})

@@ -63,7 +63,12 @@ def window_digest(w: Window) -> str:
             a = part[name]
             h.update(name.encode() + b"\0")
             if a.dtype == object:
-                h.update("\x1f".join("" if v is None else str(v) for v in a.tolist()).encode())
+                vals = a.tolist()
+                try:
+                    text = "\x1f".join(vals)  # all strings: joined in C
+                except TypeError:
+                    text = "\x1f".join(["" if v is None else str(v) for v in vals])
+                h.update(text.encode())
             else:
                 h.update(np.ascontiguousarray(a, dtype=float).tobytes())
     return h.hexdigest()
