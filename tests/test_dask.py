@@ -294,6 +294,35 @@ def test_ctrl_c_of_the_coordinator_kills_the_remote_process_group(ws: Any, addr:
     assert not (ws.root / "out/slow.txt").exists()
 
 
+def test_a_task_runs_its_command_once_and_never_after_a_cancel_or_its_run(cluster: Any, tmp_path: Path) -> None:
+    """The runner's own guards, on a real worker, without a scheduler round trip: the same task started
+    again (as the scheduler does after its worker died), a task started after the coordinator's cancel
+    mark, and one started after its run ended (its mark directory gone) never run the command."""
+    from engine.adapters.dask_runner import run_stage
+    from engine.run.executor import StageJob
+
+    marks, ran = tmp_path / "marks", tmp_path / "ran.log"
+    marks.mkdir()
+    job = StageJob(name="s", cmd=f"echo x >> {ran}", cwd=str(tmp_path), env={}, log_path=str(tmp_path / "s.log"),
+                   outs=((str(ran), "file"),))
+
+    def start(task: str, where: Path, attempt: str) -> dict[str, Any]:
+        payload = {"job": job, "task": task, "mode": "shared", "sandbox": "auto", "marks": str(where),
+                   "cancel": "certus-cancel-test-guards"}
+        return cluster.submit(run_stage, payload, key=f"guards-{attempt}", pure=False).result(timeout=60)
+
+    first = start("t1", marks, "a")
+    assert first["returncode"] == 0 and not first["error"], first
+    again = start("t1", marks, "b")
+    assert again["lost"] and again["returncode"] == -1 and "started it again" in again["error"]
+    (marks / "cancel").write_text("")
+    cancelled = start("t2", marks, "c")
+    assert (cancelled["returncode"], cancelled["error"]) == (-signal.SIGTERM, "cancelled before it started")
+    ended = start("t3", tmp_path / "gone", "d")
+    assert (ended["returncode"], ended["error"]) == (-signal.SIGTERM, "its run has ended")
+    assert ran.read_text() == "x\n"
+
+
 def test_declared_retries_rerun_a_failed_stage_and_undeclared_do_not(ws: Any, addr: str,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     ws.write("flaky.py", """\

@@ -14,7 +14,10 @@ Dask semantics that matter here:
   refused by the runner;
 * a stage's ``resources:`` become Dask worker resources, checked against the cluster first (a
   task no worker can take would wait forever);
-* cancellation sets the run's :class:`distributed.Event`; runners kill their process groups.
+* cancellation marks the run cancelled (no runner starts a command after it) and sets the run's
+  :class:`distributed.Event`; runners kill their process groups;
+* one scheduler round trip per stage, the submit and its result: a runner checks its once-only
+  start and the cancel mark on the file system both sides reach (see dask_runner).
 
 ``staged`` mode (:mod:`engine.adapters.dask_staging`) moves bytes through a content-addressed
 store and verifies every digest a worker claims before anything enters the workspace.
@@ -25,12 +28,14 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, TextIO
 
 from engine.errors import ExecutorError
@@ -66,6 +71,8 @@ class DaskExecutor:
         self._staging: Any = None
         self._lock = threading.Lock()
         self._pending: dict[str, Any] = {}  # task key -> Dask future, until its result is handled
+        self._finished: list[Any] = []  # handled futures, released with the next submit (see _start)
+        self._marks = ""  # the run's directory of task start marks, which workers reach (see dask_runner)
         self._post = ThreadPoolExecutor(max_workers=1, thread_name_prefix="certus-dask-ingest")
         self._stopping = False
         self._notes: set[str] = set()
@@ -97,13 +104,26 @@ class DaskExecutor:
             self.close()
             raise ExecutorError(f"cannot reach the Dask scheduler at {where} (within {s.connect_timeout:g} s): "
                                 f"{reason}; start it, or fix --scheduler / certus.executor.scheduler") from None
+        # The client batches what it sends the scheduler, 10 ms apart (hard-wired in distributed): a
+        # submit that follows any message within 10 ms waits for the rest of it. Stages are few and
+        # their messages small, so this run's client sends at once (every ms at most).
+        with contextlib.suppress(AttributeError):
+            self.client.scheduler_comm.interval = 0.001
         self._cancel = distributed.Event(f"certus-cancel-{self.run_id}", client=self.client)
         if s.mode == "shared":
             [self._others] = self.client.scatter([self._all_outs], broadcast=True, hash=False)
+            self._marks = os.path.join(self.workspace, ".certus", "tmp", "dask", self.run_id)
         if s.mode == "staged":
             from engine.adapters.dask_staging import Staging
 
             self._staging = Staging(s.store, self.workspace, self.run_id)
+            self._marks = os.path.join(self._staging.incoming, f"{self.run_id}.started")
+        try:
+            os.makedirs(self._marks, exist_ok=True)
+        except OSError as e:
+            self.close()
+            raise ExecutorError(f"cannot create {self._marks} (where Dask workers mark the stages they start): "
+                                f"{e.strerror}") from None
 
     def _fit(self, resources: tuple[tuple[str, float], ...]) -> str:
         """'' when some worker offers ``resources``; else why not (checked once per distinct set)."""
@@ -139,8 +159,12 @@ class DaskExecutor:
                                      error=why))
             return
         key = task_key(self.run_id, job, attempt)
-        payload: dict[str, Any] = {"job": job, "task": key, "run_id": self.run_id, "mode": self.settings.mode,
-                                   "sandbox": self.sandbox, "cancel": self._cancel.name}
+        # a small payload: the worker keeps its own environment under the variables Certus set, and only
+        # staged mode fetches deps
+        slim = replace(job, env={k: job.env[k] for k in job.set_vars if k in job.env},
+                       deps=job.deps if self._staging is not None else ())
+        payload: dict[str, Any] = {"job": slim, "task": key, "mode": self.settings.mode, "sandbox": self.sandbox,
+                                   "cancel": self._cancel.name, "marks": self._marks}
         try:
             if self._staging is not None:
                 payload.update(self._staging.prepare(job, key))
@@ -156,6 +180,9 @@ class DaskExecutor:
                                  resources=dict(job.resources) or None)
         with self._lock:
             self._pending[key] = fut
+            # Releasing a handled future is a message to the scheduler; sent just after this submit, it
+            # cannot hold the next stage's submit back in the client's batch (see _connect).
+            self._finished.clear()
         fut.add_done_callback(lambda f: self._hand_over(f, job, out, attempt))
 
     def _hand_over(self, fut: Any, job: StageJob, out: Future[JobResult], attempt: int) -> None:
@@ -176,6 +203,7 @@ class DaskExecutor:
             res = JobResult(job.name, -1, time.time(), time.time(), job.log_path, error=f"executor: {e}")
         with self._lock:
             self._pending.pop(fut.key, None)
+            self._finished.append(fut)
         if (res.returncode != 0 or res.error) and attempt < job.retries and not self._stopping:
             self.warn(f"[certus] stage '{job.name}' failed on Dask ({res.error}); retry {attempt + 1} of "
                       f"{job.retries} (its 'retries:')")
@@ -260,8 +288,11 @@ class DaskExecutor:
         self._stopping = True
         if self.client is None:
             return
+        if self._marks:  # no task of this run starts a command any more (runners look before they start)
+            with contextlib.suppress(OSError), open(os.path.join(self._marks, "cancel"), "w"):
+                pass
         with contextlib.suppress(Exception):
-            self._cancel.set()
+            self._cancel.set()  # running ones see it and kill their process groups
         with self._lock:
             futs = list(self._pending.values())
         if futs:
@@ -281,13 +312,13 @@ class DaskExecutor:
         done.join(_CLOSE_WITHIN)
         if done.is_alive():
             sys.stderr.write(f"[certus] the Dask client did not close within {_CLOSE_WITHIN:.0f} s; leaving it\n")
+        if self._marks:  # gone: a task of this run that the scheduler still starts refuses to run
+            shutil.rmtree(self._marks, ignore_errors=True)
         if self._staging is not None:
             self._staging.close()
 
     def _release(self) -> None:
-        if self.client is not None:
-            with contextlib.suppress(Exception):
-                self.client.set_metadata(["certus", self.run_id], {})  # the per-task start counts of this run
+        self._finished.clear()
         self.close()
 
     def close(self) -> None:

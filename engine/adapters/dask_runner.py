@@ -3,12 +3,16 @@
 A Dask task cannot be stopped once it runs, so the stage's process group belongs to this
 runner: the command runs as it does locally (:class:`~engine.adapters.local.LocalExecutor`:
 its own session, Landlock, a stage token for daemons, ``timeout:``), and a watcher thread
-waits on the run's cancel :class:`distributed.Event`; when the coordinator sets it (Ctrl-C,
-SIGTERM) the group gets SIGTERM, then SIGKILL.
+polls the run's cancel :class:`distributed.Event` (4 times a second, off the command's path:
+a fast command's end is not held back); when the coordinator sets it (Ctrl-C, SIGTERM) the
+group gets SIGTERM, then SIGKILL.
 
 Commands are not idempotent, so a task runs its command once: the scheduler re-schedules a
-task whose worker died, and the runner of that second attempt finds its start already
-counted (scheduler metadata) and reports the stage lost instead of running it again. Stage
+task whose worker died, and the runner of that second attempt finds its start mark (a file
+created with ``O_EXCL`` in the run's mark directory, see :func:`_may_start`) and reports the
+stage lost instead of running it again. The same directory carries the coordinator's cancel
+mark, so a task that starts after a Ctrl-C never starts its command. Neither costs a
+scheduler round trip: a stage costs Dask's own submit and result, nothing more. Stage
 processes of a worker that died (``SIGKILL`` leaves them orphaned) are found through a small
 per-host registry and killed by the next runner on that host.
 
@@ -95,15 +99,25 @@ def _register(path: str, local: Any, groups: list[dict[str, int]]) -> None:
         pass
 
 
-def _first_start(key: str, run_id: str) -> int:
-    """How many times this task was started before (0 the first time), counted on the scheduler."""
-    from distributed import get_client
+def _may_start(key: str, marks: str) -> str:
+    """'' the first time this task starts in its run; else why its command must not run.
 
-    client = get_client()
-    where = ["certus", run_id, key]
-    seen = int(client.get_metadata(where, 0) or 0)
-    client.set_metadata(where, seen + 1)
-    return seen
+    ``marks`` is the run's directory of start marks, made by the coordinator where every worker
+    reaches it (shared: the workspace; staged: the store). Creating a task's mark is atomic
+    (``O_EXCL``, on NFS too), so a task the scheduler starts again after its worker died finds
+    its mark; a missing directory means the run is over; ``cancel`` in it, that it was stopped.
+    No scheduler round trip: a fast stage's latency is the submit and its result.
+    """
+    name = hashlib.sha256(key.encode()).hexdigest()[:40]
+    try:
+        os.close(os.open(os.path.join(marks, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return "lost"
+    except FileNotFoundError:
+        return "its run has ended"
+    except OSError as e:
+        return f"cannot mark its start in {marks}: {e.strerror}"
+    return "cancelled before it started" if os.path.exists(os.path.join(marks, "cancel")) else ""
 
 
 def _stage_env(job: StageJob, rebase: dict[str, str]) -> dict[str, str]:
@@ -183,14 +197,15 @@ def run_stage(payload: dict[str, Any], others: frozenset[str] = frozenset()) -> 
     job: StageJob = payload["job"]
     started = time.time()
     _sweep_orphans()
-    if _first_start(payload["task"], payload["run_id"]) > 0:
+    why = _may_start(payload["task"], payload["marks"])
+    if why == "lost":
         return {"returncode": -1, "started": started, "finished": time.time(), "lost": True,
                 "error": f"{LOST} and the scheduler started it again; commands are not re-run automatically "
                          "(declare 'retries:' on the stage to allow it)", "claim": _claim({})}
-    cancel = Event(payload["cancel"], client=get_client())
-    if cancel.is_set():
-        return {"returncode": -signal.SIGTERM, "started": started, "finished": time.time(),
-                "error": "cancelled before it started", "claim": _claim({})}
+    if why:
+        return {"returncode": -signal.SIGTERM if why.startswith(("cancelled", "its run")) else -1,
+                "started": started, "finished": time.time(), "error": why, "claim": _claim({})}
+    cancel = Event(payload["cancel"], client=get_client())  # no round trip until the watcher asks
     with _subreaper_once:
         if not _subreaper_set:  # once per worker process: orphaned stage daemons come to us, to be killed
             set_subreaper(True)
