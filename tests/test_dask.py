@@ -307,8 +307,8 @@ def test_a_task_runs_its_command_once_and_never_after_a_cancel_or_its_run(cluste
                    outs=((str(ran), "file"),))
 
     def start(task: str, where: Path, attempt: str) -> dict[str, Any]:
-        payload = {"job": job, "task": task, "mode": "shared", "sandbox": "auto", "marks": str(where),
-                   "cancel": "certus-cancel-test-guards"}
+        payload = {"job": job, "task": task, "run_id": "guards", "mode": "shared", "sandbox": "auto",
+                   "marks": str(where), "cancel": "certus-cancel-test-guards"}
         return cluster.submit(run_stage, payload, key=f"guards-{attempt}", pure=False).result(timeout=60)
 
     first = start("t1", marks, "a")

@@ -163,8 +163,8 @@ class DaskExecutor:
         # staged mode fetches deps
         slim = replace(job, env={k: job.env[k] for k in job.set_vars if k in job.env},
                        deps=job.deps if self._staging is not None else ())
-        payload: dict[str, Any] = {"job": slim, "task": key, "mode": self.settings.mode, "sandbox": self.sandbox,
-                                   "cancel": self._cancel.name, "marks": self._marks}
+        payload: dict[str, Any] = {"job": slim, "task": key, "run_id": self.run_id, "mode": self.settings.mode,
+                                   "sandbox": self.sandbox, "cancel": self._cancel.name, "marks": self._marks}
         try:
             if self._staging is not None:
                 payload.update(self._staging.prepare(job, key))

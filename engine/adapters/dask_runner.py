@@ -24,6 +24,7 @@ returns a manifest. What it returns is a claim: the coordinator verifies before 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
@@ -36,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from engine.run.executor import JobResult, StageJob
@@ -46,6 +48,8 @@ LOST = "its Dask worker was lost mid-stage"
 _REGISTRY = os.path.join(tempfile.gettempdir(), f"certus-dask-{os.getuid()}")
 _subreaper_once = threading.Lock()
 _subreaper_set = False
+_boxes: dict[tuple[str, str, str], list[Any]] = {}  # (run, sandbox mode, workspace) -> [RunSandbox, notes, users]
+_boxes_lock = threading.Lock()
 
 
 def _alive(pid: int, start: int | None) -> bool:
@@ -177,6 +181,50 @@ def _upload(job: StageJob, scratch: str, inbox: str) -> dict[str, dict[str, Any]
     return manifest
 
 
+@contextlib.contextmanager
+def _run_sandbox(staged: bool, payload: dict[str, Any], workspace: str, notes: list[str]) -> Iterator[Any]:
+    """The run's :class:`~engine.adapters.sandbox.RunSandbox` on this worker (shared mode).
+
+    The local executor builds one per run (its Landlock read layer, its temp root); so does a
+    worker, for the stages of one run in one workspace, instead of one per stage. Idle ones of
+    other runs are closed when a new run comes. Staged mode: a fresh one per scratch directory.
+    """
+    from engine.adapters.sandbox import RunSandbox
+
+    if staged:
+        box = RunSandbox(payload["sandbox"], workspace, warn=notes.append)
+        try:
+            yield box
+        finally:
+            box.close()
+        return
+    key = (payload["run_id"], payload["sandbox"], os.path.realpath(workspace))
+    with _boxes_lock:
+        entry = _boxes.get(key)
+        if entry is None:
+            for other, (old, _, users) in list(_boxes.items()):
+                if not users:
+                    old.close()
+                    del _boxes[other]
+            said: list[str] = []
+            entry = _boxes[key] = [RunSandbox(payload["sandbox"], workspace, warn=said.append), said, 0]
+        entry[2] += 1
+    notes.extend(entry[1])  # e.g. "no Landlock": the coordinator shows it once per run
+    try:
+        yield entry[0]
+    finally:
+        with _boxes_lock:
+            entry[2] -= 1
+
+
+@atexit.register
+def _close_sandboxes() -> None:
+    with _boxes_lock:
+        for box, _, _ in _boxes.values():
+            box.close()
+        _boxes.clear()
+
+
 def _watch(cancel: Any, local: Any, done: threading.Event) -> None:
     """Poll the run's cancel event (a short RPC; no wait left pending on the scheduler)."""
     while not done.wait(0.25):
@@ -222,15 +270,14 @@ def run_stage(payload: dict[str, Any], others: frozenset[str] = frozenset()) -> 
         except Exception as e:  # a missing or damaged dep object, a full scratch disk
             return {"returncode": -1, "started": started, "finished": time.time(),
                     "error": f"could not fetch its deps from the store: {e}", "claim": _claim({})}
-        with open(os.devnull, "w") as sink:
-            local = LocalExecutor(1, echo=sink, sandbox=payload["sandbox"], workspace=run_job.cwd, warn=notes.append,
-                                  on_groups=None)
+        with open(os.devnull, "w") as sink, _run_sandbox(staged, payload, run_job.cwd, notes) as box:
+            local = LocalExecutor(1, echo=sink, sandbox=box, workspace=run_job.cwd, warn=notes.append, on_groups=None)
             local.on_groups = lambda groups: _register(reg, local, groups)
             local._all_outs.update(others)  # other stages' outputs: concurrent writers, not violations
             done = threading.Event()
             threading.Thread(target=_watch, args=(cancel, local, done), daemon=True).start()
             try:
-                res: JobResult = local.submit(run_job).result()
+                res: JobResult = local.run(run_job)  # in this task's thread
             finally:
                 done.set()
                 local.shutdown()

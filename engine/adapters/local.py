@@ -33,10 +33,12 @@ class LocalExecutor:
 
     def __init__(self, jobs: int, *, echo: TextIO | None = None,
                  on_groups: Callable[[list[dict[str, int]]], None] | None = None,
-                 sandbox: str = "auto", workspace: str | None = None,
+                 sandbox: str | RunSandbox = "auto", workspace: str | None = None,
                  warn: Callable[[str], None] | None = None) -> None:
-        self.sandbox = RunSandbox(sandbox, workspace or os.getcwd(),
-                                  warn=warn or (lambda m: print(m, file=sys.stderr)))
+        # a RunSandbox given is the caller's to close (a Dask worker keeps one per run, for all its stages)
+        self._own_sandbox = not isinstance(sandbox, RunSandbox)
+        self.sandbox = sandbox if isinstance(sandbox, RunSandbox) else RunSandbox(
+            sandbox, workspace or os.getcwd(), warn=warn or (lambda m: print(m, file=sys.stderr)))
         self.pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="certus-stage")
         self.echo = echo if echo is not None else sys.stdout
         self.on_groups = on_groups
@@ -52,6 +54,12 @@ class LocalExecutor:
         with self._lock:
             self._all_outs.update(p for p, _ in job.outs)
         return self.pool.submit(self._run, job)
+
+    def run(self, job: StageJob) -> JobResult:
+        """Run one job in the calling thread (one that may block, e.g. a Dask task's)."""
+        with self._lock:
+            self._all_outs.update(p for p, _ in job.outs)
+        return self._run(job)
 
     def _publish(self) -> None:
         if self.on_groups is not None:
@@ -150,5 +158,6 @@ class LocalExecutor:
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
-        self.sandbox.close()
+        if self._own_sandbox:
+            self.sandbox.close()
         set_subreaper(self._was_subreaper)
