@@ -297,8 +297,9 @@ def test_ctrl_c_of_the_coordinator_kills_the_remote_process_group(ws: Any, addr:
 def test_a_task_runs_its_command_once_and_never_after_a_cancel_or_its_run(cluster: Any, tmp_path: Path) -> None:
     """The runner's own guards, on a real worker, without a scheduler round trip: the same task started
     again (as the scheduler does after its worker died), a task started after the coordinator's cancel
-    mark, and one started after its run ended (its mark directory gone) never run the command."""
-    from engine.adapters.dask_runner import run_stage
+    mark, and one started after its run ended (its mark directory gone) never run the command; the
+    result left beside the mark (shared mode) is always the latest attempt's."""
+    from engine.adapters.dask_runner import mark_name, run_stage
     from engine.run.executor import StageJob
 
     marks, ran = tmp_path / "marks", tmp_path / "ran.log"
@@ -311,10 +312,13 @@ def test_a_task_runs_its_command_once_and_never_after_a_cancel_or_its_run(cluste
                    "marks": str(where), "cancel": "certus-cancel-test-guards"}
         return cluster.submit(run_stage, payload, key=f"guards-{attempt}", pure=False).result(timeout=60)
 
+    left = marks / (mark_name("t1") + ".json")  # the result, left where the coordinator reads it first
     first = start("t1", marks, "a")
     assert first["returncode"] == 0 and not first["error"], first
+    assert json.loads(left.read_text())["started"] == first["started"]
     again = start("t1", marks, "b")
     assert again["lost"] and again["returncode"] == -1 and "started it again" in again["error"]
+    assert json.loads(left.read_text())["lost"], "a re-started task's 'lost' must replace the first attempt's result"
     (marks / "cancel").write_text("")
     cancelled = start("t2", marks, "c")
     assert (cancelled["returncode"], cancelled["error"]) == (-signal.SIGTERM, "cancelled before it started")

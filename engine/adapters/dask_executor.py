@@ -26,6 +26,7 @@ store and verifies every digest a worker claims before anything enters the works
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -219,7 +220,9 @@ class DaskExecutor:
         try:
             # the task is done when this runs; fetching its small result must not hang the run (or, after a
             # Ctrl-C, the interpreter's exit, which joins this thread)
-            r = fut.result(timeout=5 if self._stopping else _RESULT_WITHIN)
+            r = self._left_result(fut)
+            if r is None:
+                r = fut.result(timeout=5 if self._stopping else _RESULT_WITHIN)
         except KilledWorker as e:
             return JobResult(job.name, -1, now, now, job.log_path,
                              error=f"{_lost()} ({str(e).splitlines()[0][:200]}); run 'certus repro' again")
@@ -259,6 +262,25 @@ class DaskExecutor:
         rc = r.get("returncode", -1)
         return JobResult(job.name, rc if rc is not None else -1, r.get("started", now), r.get("finished", now),
                          job.log_path, error=error, sandbox=sandbox)
+
+    def _left_result(self, fut: Any) -> dict[str, Any] | None:
+        """Shared mode: the result the runner left in the mark directory, if it is there and whole.
+
+        Saves the round trip that fetches it through the scheduler (~5 ms a stage here); only for
+        a task Dask reports finished, so errors and lost workers still come from Dask.
+        """
+        if self._staging is not None or not self._marks or fut.status != "finished":
+            return None
+        from engine.adapters.dask_runner import mark_name
+
+        path = os.path.join(self._marks, mark_name(fut.key) + ".json")
+        try:
+            with open(path) as f:
+                r = json.load(f)
+            os.unlink(path)
+        except (OSError, ValueError):
+            return None
+        return r if isinstance(r, dict) else None
 
     def _show_log(self, job: StageJob) -> None:
         """Echo the stage's output with a ``stage |`` prefix, as the local executor does live."""

@@ -112,9 +112,8 @@ def _may_start(key: str, marks: str) -> str:
     its mark; a missing directory means the run is over; ``cancel`` in it, that it was stopped.
     No scheduler round trip: a fast stage's latency is the submit and its result.
     """
-    name = hashlib.sha256(key.encode()).hexdigest()[:40]
     try:
-        os.close(os.open(os.path.join(marks, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.close(os.open(os.path.join(marks, mark_name(key)), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except FileExistsError:
         return "lost"
     except FileNotFoundError:
@@ -234,8 +233,31 @@ def _watch(cancel: Any, local: Any, done: threading.Event) -> None:
                 return
 
 
+def mark_name(key: str) -> str:
+    """A task's file name in the run's mark directory (task keys hold stage names: any length)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
 def run_stage(payload: dict[str, Any], others: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """Run one stage on this worker; a plain dict the coordinator checks (see module doc)."""
+    """Run one stage on this worker; a plain dict the coordinator checks (see module doc).
+
+    Shared mode also leaves the dict, as JSON, beside the task's start mark: the coordinator,
+    told by Dask that the task finished, reads it there instead of a second round trip to fetch
+    the result through the scheduler (the Dask result stays the fallback, and the authority on
+    errors and lost workers). Every return path writes it, so a re-started task's "lost" replaces
+    what an earlier attempt left.
+    """
+    out = _run_stage(payload, others)
+    if payload["mode"] == "shared":
+        path = os.path.join(payload["marks"], mark_name(payload["task"]) + ".json")
+        with contextlib.suppress(OSError, TypeError, ValueError):
+            with open(f"{path}.{os.getpid()}.tmp", "w") as f:
+                json.dump(out, f)
+            os.replace(f"{path}.{os.getpid()}.tmp", path)  # whole, or not there
+    return out
+
+
+def _run_stage(payload: dict[str, Any], others: frozenset[str]) -> dict[str, Any]:
     global _subreaper_set
     from distributed import Event, get_client
 
