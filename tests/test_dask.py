@@ -327,8 +327,10 @@ def test_a_task_runs_its_command_once_and_never_after_a_cancel_or_its_run(cluste
     assert ran.read_text() == "x\n"
 
 
-def test_declared_retries_rerun_a_failed_stage_and_undeclared_do_not(ws: Any, addr: str,
+@pytest.mark.parametrize("executor", ["dask", "local"])
+def test_declared_retries_rerun_a_failed_stage_and_undeclared_do_not(ws: Any, addr: str, executor: str,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    where = ("--scheduler", addr) if executor == "dask" else ("--executor", "local")
     ws.write("flaky.py", """\
         import os, sys
         n = len(open("tries.log").read()) if os.path.exists("tries.log") else 0
@@ -348,14 +350,14 @@ def test_declared_retries_rerun_a_failed_stage_and_undeclared_do_not(ws: Any, ad
     """)
     ws.write(".gitignore", ws.read(".gitignore") + "tries.log\n")
     ws.commit("flaky")
-    assert ws.certus("repro", "--scheduler", addr) == 1
+    assert ws.certus("repro", *where) == 1
     assert "stage 'once' failed: exit status 3" in _err(capsys)
     assert ws.read("tries.log") == "x"  # run once, not retried
     (ws.root / "tries.log").unlink()
     ws.write("pipelines/p.yaml", ws.read("pipelines/p.yaml").replace("outs: [out/once.txt]",
                                                                      "outs: [out/once.txt]\n    retries: 1"))
     ws.commit("retries")
-    assert ws.certus("repro", "--scheduler", addr) == 0, _err(capsys)
+    assert ws.certus("repro", *where) == 0, _err(capsys)
     assert ws.read("tries.log") == "xx" and ws.read("out/once.txt") == "ok\n"
 
 
