@@ -2,10 +2,10 @@
 
 A Dask task cannot be stopped once it runs, so the stage's process group belongs to this
 runner: the command runs as it does locally (:class:`~engine.adapters.local.LocalExecutor`:
-its own session, Landlock, a stage token for daemons, ``timeout:``), and a watcher thread
-polls the run's cancel :class:`distributed.Event` (4 times a second, off the command's path:
-a fast command's end is not held back); when the coordinator sets it (Ctrl-C, SIGTERM) the
-group gets SIGTERM, then SIGKILL.
+its own session, Landlock, a stage token for daemons, ``timeout:``), and the worker
+process's watcher thread polls each run's cancel :class:`distributed.Event` (4 times a
+second, off the command's path: a fast command's start and end never wait for it); when the
+coordinator sets it (Ctrl-C, SIGTERM) the group gets SIGTERM, then SIGKILL.
 
 Commands are not idempotent, so a task runs its command once: the scheduler re-schedules a
 task whose worker died, and the runner of that second attempt finds its start mark (a file
@@ -50,6 +50,9 @@ _subreaper_once = threading.Lock()
 _subreaper_set = False
 _boxes: dict[tuple[str, str, str], list[Any]] = {}  # (run, sandbox mode, workspace) -> [RunSandbox, notes, users]
 _boxes_lock = threading.Lock()
+_watched: dict[object, tuple[Any, Any]] = {}  # the running stages' (cancel Event, LocalExecutor)
+_watch_lock = threading.Lock()
+_watcher_on = False
 
 
 def _alive(pid: int, start: int | None) -> bool:
@@ -224,13 +227,42 @@ def _close_sandboxes() -> None:
         _boxes.clear()
 
 
-def _watch(cancel: Any, local: Any, done: threading.Event) -> None:
-    """Poll the run's cancel event (a short RPC; no wait left pending on the scheduler)."""
-    while not done.wait(0.25):
-        with contextlib.suppress(Exception):  # the scheduler away for a moment: ask again
-            if cancel.is_set():
-                local.terminate_all()
+def _watch(cancel: Any, local: Any) -> object:
+    """Have this process's watcher poll ``cancel`` for ``local``'s stage; a ticket for :func:`_unwatch`."""
+    global _watcher_on
+    ticket = object()
+    with _watch_lock:
+        _watched[ticket] = (cancel, local)
+        if not _watcher_on:
+            _watcher_on = True
+            threading.Thread(target=_watcher, name="certus-cancel-watch", daemon=True).start()
+    return ticket
+
+
+def _unwatch(ticket: object) -> None:
+    with _watch_lock:
+        _watched.pop(ticket, None)
+
+
+def _watcher() -> None:
+    """One thread per worker process, while stages run: 4 times a second it asks the scheduler about
+    each run's cancel event (a short RPC, once per run, no wait left pending there) and stops the
+    stages of a cancelled run. A stage's start or end never waits for it."""
+    global _watcher_on
+    while True:
+        time.sleep(0.25)
+        with _watch_lock:
+            if not _watched:
+                _watcher_on = False
                 return
+            runs: dict[str, list[Any]] = {}
+            for cancel, local in _watched.values():
+                runs.setdefault(cancel.name, [cancel]).append(local)
+        for cancel, *locals_ in runs.values():
+            with contextlib.suppress(Exception):  # the scheduler away for a moment: ask again
+                if cancel.is_set():
+                    for local in locals_:
+                        local.terminate_all()
 
 
 def mark_name(key: str) -> str:
@@ -296,12 +328,11 @@ def _run_stage(payload: dict[str, Any], others: frozenset[str]) -> dict[str, Any
             local = LocalExecutor(1, echo=sink, sandbox=box, workspace=run_job.cwd, warn=notes.append, on_groups=None)
             local.on_groups = lambda groups: _register(reg, local, groups)
             local._all_outs.update(others)  # other stages' outputs: concurrent writers, not violations
-            done = threading.Event()
-            threading.Thread(target=_watch, args=(cancel, local, done), daemon=True).start()
+            ticket = _watch(cancel, local)
             try:
                 res: JobResult = local.run(run_job)  # in this task's thread
             finally:
-                done.set()
+                _unwatch(ticket)
                 local.shutdown()
         out: dict[str, Any] = {"returncode": res.returncode, "started": res.started, "finished": res.finished,
                                "error": res.error, "sandbox": dict(res.sandbox), "notes": notes}
