@@ -9,9 +9,10 @@ a child process, as an existing cluster would be, and repro is pointed at it wit
    previous one, so nothing overlaps); wall time per stage, local ``-j 1`` vs Dask (shared
    and staged mode, 2 workers), after one warm-up run. Per stage = (T(all) - T(first half)) /
    half, so once-per-run costs (connecting) drop out. ``--rounds`` rounds interleave the three
-   with Dask's own no-op round trip (the machine may be shared: the best of each is taken); the
-   overhead beyond local is split into Dask's own floor (submit to "finished", as the executor
-   uses Dask) and ours (the rest).
+   with Dask's own no-op round trip and the stage's command with nothing of Certus, as a plain
+   subprocess and as a Dask task (the machine may be shared: the best of each is taken); the
+   overhead beyond local is split into Dask's own (the command as a Dask task less the plain
+   subprocess) and ours (the rest).
 2. ``--many`` independent trivial stages end to end (first run): local ``-j 2`` vs Dask shared
    (2 workers, -j 2 and -j 8: Dask queues more without hurting).
 3. Fan-out: ``--fanout`` independent stages of ``sleep 0.5``: local -j 1 / -j 2 vs Dask with
@@ -122,6 +123,36 @@ def noop_roundtrip(addr: str, n: int = 40, as_executor: bool = False) -> float:
         return (time.perf_counter() - t0) / n
 
 
+def _sh(cmd: str) -> int:
+    return subprocess.run(["/bin/sh", "-c", cmd], stdin=subprocess.DEVNULL).returncode
+
+
+def bare_command(addr: str, scratch: str, n: int = 20) -> tuple[float, float]:
+    """Seconds per stage-like command with nothing of Certus: a plain subprocess here, and the same
+    as a Dask task (its client sending at once; submit to 'finished'), one at a time."""
+    import threading
+    import uuid
+
+    import distributed
+
+    os.makedirs(scratch, exist_ok=True)
+    cmd = f"echo x > {scratch}/a.txt && cat {scratch}/a.txt >> {scratch}/b.txt"
+    t0 = time.perf_counter()
+    for _ in range(n):
+        _sh(cmd)
+    local = (time.perf_counter() - t0) / n
+    tag = uuid.uuid4().hex[:8]
+    with distributed.Client(addr, set_as_default=False) as c:
+        c.submit(_sh, "true", key=f"warm-{tag}", pure=False).result()
+        c.scheduler_comm.interval = 0.001
+        t0 = time.perf_counter()
+        for i in range(n):
+            done = threading.Event()
+            c.submit(_sh, cmd, key=f"sh-{tag}-{i}", pure=False).add_done_callback(lambda _, d=done: d.set())
+            done.wait()
+        return local, (time.perf_counter() - t0) / n
+
+
 def row(label: str, secs: float, n: int) -> None:
     print(f"  {label:<34} {secs:8.2f} s   {1000 * secs / n:8.1f} ms/stage")
 
@@ -156,6 +187,9 @@ def run(args: argparse.Namespace) -> None:
                 runs[label][1].append(part)
             per.setdefault("bare", []).append(noop_roundtrip(addr2))
             per.setdefault("floor", []).append(noop_roundtrip(addr2, as_executor=True))
+            here, there = bare_command(addr2, os.path.join(tmp, "bare"))
+            per.setdefault("cmd here", []).append(here)
+            per.setdefault("cmd on dask", []).append(there)
         best = {label: min(v) for label, v in per.items()}
         for label, (full, part) in runs.items():  # the best whole chain less the best half chain
             best[label] = (min(full) - min(part)) / (args.chain // 2)
@@ -166,10 +200,14 @@ def run(args: argparse.Namespace) -> None:
               f"{1000 * rt:.1f} ms ({', '.join(f'{1000 * x:.1f}' for x in per['bare'])}); submit + 'finished' "
               f"only, the client sending at once, as the executor uses Dask: {1000 * floor:.1f} ms "
               f"({', '.join(f'{1000 * x:.1f}' for x in per['floor'])})")
+        own = best["cmd on dask"] - best["cmd here"]
+        print(f"  the stage's command with nothing of Certus: a subprocess here {1000 * best['cmd here']:.1f} ms, "
+              f"the same as a Dask task (submit to 'finished') {1000 * best['cmd on dask']:.1f} ms: Dask's own "
+              f"cost per task, idle gaps included as in a chain, {1000 * own:+.1f} ms")
         for mode in ("shared", "staged"):
             over = best[f"dask {mode}, 2 workers"] - base
-            print(f"  overhead per stage beyond local, {mode}: {1000 * over:+.1f} ms = Dask's own {1000 * floor:.1f} "
-                  f"ms + ours {1000 * (over - floor):+.1f} ms")
+            print(f"  overhead per stage beyond local, {mode}: {1000 * over:+.1f} ms = Dask's own {1000 * own:+.1f} "
+                  f"ms + ours {1000 * (over - own):+.1f} ms")
 
         if not args.skip_many:
             n = args.many

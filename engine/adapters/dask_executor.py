@@ -253,7 +253,10 @@ class DaskExecutor:
                     f.write(r["log"])
             if r.get("returncode") == 0 and not error:
                 error = self._staging.ingest(job, fut.key, r.get("outs", {}), r.get("claim", {}))
-            self._staging.discard(fut.key)
+            try:  # the task's upload area goes once this result is out (the same thread, next)
+                self._post.submit(self._staging.discard, fut.key)
+            except RuntimeError:  # shut down after an interrupt
+                self._staging.discard(fut.key)
         self._show_log(job)
         sandbox = dict(r.get("sandbox") or {})
         # the worker's word, recorded as such; the attested digests are the ones the coordinator hashed

@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import platform
+import queue
 import shutil
 import signal
 import socket
@@ -53,6 +54,8 @@ _boxes_lock = threading.Lock()
 _watched: dict[object, tuple[Any, Any]] = {}  # the running stages' (cancel Event, LocalExecutor)
 _watch_lock = threading.Lock()
 _watcher_on = False
+_trash: queue.SimpleQueue[str] = queue.SimpleQueue()  # staged scratch directories to remove
+_janitor_on = False
 
 
 def _alive(pid: int, start: int | None) -> bool:
@@ -219,12 +222,30 @@ def _run_sandbox(staged: bool, payload: dict[str, Any], workspace: str, notes: l
             entry[2] -= 1
 
 
+def _discard(scratch: str) -> None:
+    """A staged stage's scratch directory goes in the background: its result does not wait for it."""
+    global _janitor_on
+    _trash.put(scratch)
+    with _watch_lock:
+        if not _janitor_on:
+            _janitor_on = True
+            threading.Thread(target=_janitor, name="certus-scratch-rm", daemon=True).start()
+
+
+def _janitor() -> None:
+    while True:
+        shutil.rmtree(_trash.get(), ignore_errors=True)
+
+
 @atexit.register
 def _close_sandboxes() -> None:
     with _boxes_lock:
         for box, _, _ in _boxes.values():
             box.close()
         _boxes.clear()
+    with contextlib.suppress(queue.Empty):
+        while True:
+            shutil.rmtree(_trash.get_nowait(), ignore_errors=True)
 
 
 def _watch(cancel: Any, local: Any) -> object:
@@ -350,4 +371,4 @@ def _run_stage(payload: dict[str, Any], others: frozenset[str]) -> dict[str, Any
         with contextlib.suppress(OSError):
             os.unlink(reg)
         if scratch:
-            shutil.rmtree(scratch, ignore_errors=True)
+            _discard(scratch)
