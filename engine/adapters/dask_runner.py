@@ -25,6 +25,7 @@ returns a manifest. What it returns is a claim: the coordinator verifies before 
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import hashlib
 import json
@@ -294,19 +295,19 @@ def mark_name(key: str) -> str:
 def run_stage(payload: dict[str, Any], others: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Run one stage on this worker; a plain dict the coordinator checks (see module doc).
 
-    Shared mode also leaves the dict, as JSON, beside the task's start mark: the coordinator,
+    It also leaves the dict, as JSON, beside the task's start mark: the coordinator,
     told by Dask that the task finished, reads it there instead of a second round trip to fetch
     the result through the scheduler (the Dask result stays the fallback, and the authority on
     errors and lost workers). Every return path writes it, so a re-started task's "lost" replaces
     what an earlier attempt left.
     """
     out = _run_stage(payload, others)
-    if payload["mode"] == "shared":
-        path = os.path.join(payload["marks"], mark_name(payload["task"]) + ".json")
-        with contextlib.suppress(OSError, TypeError, ValueError):
-            with open(f"{path}.{os.getpid()}.tmp", "w") as f:
-                json.dump(out, f)
-            os.replace(f"{path}.{os.getpid()}.tmp", path)  # whole, or not there
+    path = os.path.join(payload["marks"], mark_name(payload["task"]) + ".json")
+    left = {**out, "log": base64.b64encode(out["log"]).decode()} if "log" in out else out  # staged: its bytes
+    with contextlib.suppress(OSError, TypeError, ValueError):
+        with open(f"{path}.{os.getpid()}.tmp", "w") as f:
+            json.dump(left, f)
+        os.replace(f"{path}.{os.getpid()}.tmp", path)  # whole, or not there
     return out
 
 
