@@ -16,8 +16,9 @@ Dask semantics that matter here:
   task no worker can take would wait forever);
 * cancellation marks the run cancelled (no runner starts a command after it) and sets the run's
   :class:`distributed.Event`; runners kill their process groups;
-* one scheduler round trip per stage, the submit and its result: a runner checks its once-only
-  start and the cancel mark on the file system both sides reach (see dask_runner).
+* one scheduler round trip per stage, the submit and its "finished": a runner checks its
+  once-only start and the cancel mark, and leaves its result, in the run's mark directory on the
+  file system both sides reach (see dask_runner); Dask's result fetch is only the fallback.
 
 ``staged`` mode (:mod:`engine.adapters.dask_staging`) moves bytes through a content-addressed
 store and verifies every digest a worker claims before anything enters the workspace.
