@@ -7,8 +7,12 @@ a child process, as an existing cluster would be, and repro is pointed at it wit
 
 1. Dispatch overhead: a chain of ``--chain`` stages running ``echo`` (each waits for the
    previous one, so nothing overlaps); wall time per stage, local ``-j 1`` vs Dask (shared
-   and staged mode, 2 workers), each after one warm-up run. The difference is what the Dask
-   executor adds per stage (the client's connection to the scheduler, once per repro, included).
+   and staged mode, 2 workers), after one warm-up run. Per stage = (T(all) - T(first half)) /
+   half, so once-per-run costs (connecting) drop out. ``--rounds`` rounds interleave the three
+   with Dask's own no-op round trip and the stage's command with nothing of Certus, as a plain
+   subprocess and as a Dask task (the machine may be shared: the best of each is taken); the
+   overhead beyond local is split into Dask's own (the command as a Dask task less the plain
+   subprocess) and ours (the rest).
 2. ``--many`` independent trivial stages end to end (first run): local ``-j 2`` vs Dask shared
    (2 workers, -j 2 and -j 8: Dask queues more without hurting).
 3. Fan-out: ``--fanout`` independent stages of ``sleep 0.5``: local -j 1 / -j 2 vs Dask with
@@ -94,16 +98,59 @@ def cluster(workers: int) -> tuple[subprocess.Popen[str], str]:
     return proc, proc.stdout.readline().strip()
 
 
-def noop_roundtrip(addr: str, n: int = 40) -> float:
-    """Seconds for one submit-and-result of a task that does nothing, one at a time."""
+def noop_roundtrip(addr: str, n: int = 40, as_executor: bool = False) -> float:
+    """Seconds for one no-op task, one at a time: submit, then its result (a plain client), or, as
+    the executor's client does it, sending at once and waiting only for Dask's "finished"."""
+    import threading
+    import uuid
+
     import distributed
 
+    tag = uuid.uuid4().hex[:8]
     with distributed.Client(addr, set_as_default=False) as c:
-        c.submit(int, 0, key="warm", pure=False).result()
+        c.submit(int, 0, key=f"warm-{tag}", pure=False).result()
+        if as_executor:
+            c.scheduler_comm.interval = 0.001
         t0 = time.perf_counter()
         for i in range(n):
-            c.submit(int, i, key=f"noop-{i}", pure=False).result()
+            fut = c.submit(int, i, key=f"noop-{tag}-{i}", pure=False)
+            if as_executor:
+                done = threading.Event()
+                fut.add_done_callback(lambda _, done=done: done.set())
+                done.wait()
+            else:
+                fut.result()
         return (time.perf_counter() - t0) / n
+
+
+def _sh(cmd: str) -> int:
+    return subprocess.run(["/bin/sh", "-c", cmd], stdin=subprocess.DEVNULL).returncode
+
+
+def bare_command(addr: str, scratch: str, n: int = 20) -> tuple[float, float]:
+    """Seconds per stage-like command with nothing of Certus: a plain subprocess here, and the same
+    as a Dask task (its client sending at once; submit to 'finished'), one at a time."""
+    import threading
+    import uuid
+
+    import distributed
+
+    os.makedirs(scratch, exist_ok=True)
+    cmd = f"echo x > {scratch}/a.txt && cat {scratch}/a.txt >> {scratch}/b.txt"
+    t0 = time.perf_counter()
+    for _ in range(n):
+        _sh(cmd)
+    local = (time.perf_counter() - t0) / n
+    tag = uuid.uuid4().hex[:8]
+    with distributed.Client(addr, set_as_default=False) as c:
+        c.submit(_sh, "true", key=f"warm-{tag}", pure=False).result()
+        c.scheduler_comm.interval = 0.001
+        t0 = time.perf_counter()
+        for i in range(n):
+            done = threading.Event()
+            c.submit(_sh, cmd, key=f"sh-{tag}-{i}", pure=False).add_done_callback(lambda _, d=done: d.set())
+            done.wait()
+        return local, (time.perf_counter() - t0) / n
 
 
 def row(label: str, secs: float, n: int) -> None:
@@ -126,18 +173,41 @@ def run(args: argparse.Namespace) -> None:
                           executor=f"{{kind: dask, mode: staged, store: {store}}}")
         repro(ws, "-j", "1")  # warm: config composed, spec parsed and cached, as in a user's workspace
         repro(ws_st, "--scheduler", addr2, "-j", "1")  # likewise, and the store holds the deps
-        per = {}
-        for label, root, extra in (("local -j 1", ws, ["--executor", "local"]),
-                                   ("dask shared, 2 workers", ws, ["--scheduler", addr2]),
-                                   ("dask staged, 2 workers", ws_st, ["--scheduler", addr2])):
-            full = repro(root, "-f", "--no-run-cache", "-j", "1", *extra)
-            part = repro(root, "-f", "--no-run-cache", "-j", "1", *extra, half)
-            per[label] = (full - part) / (args.chain // 2)
-            print(f"  {label:<34} {full:8.2f} s all, {part:6.2f} s half   {1000 * per[label]:8.1f} ms/stage")
-        base = per["local -j 1"]
-        print(f"  overhead per stage beyond local: shared {1000 * (per['dask shared, 2 workers'] - base):+.1f} ms, "
-              f"staged {1000 * (per['dask staged, 2 workers'] - base):+.1f} ms; Dask's own round trip for a no-op "
-              f"task here: {1000 * noop_roundtrip(addr2):.1f} ms")
+        print(f"  {args.rounds} rounds, the three executors and Dask's bare round trip interleaved in each (the "
+              "machine may be shared: the best time of each)")
+        per: dict[str, list[float]] = {}
+        runs: dict[str, tuple[list[float], list[float]]] = {}
+        for _ in range(args.rounds):
+            for label, root, extra in (("local -j 1", ws, ["--executor", "local"]),
+                                       ("dask shared, 2 workers", ws, ["--scheduler", addr2]),
+                                       ("dask staged, 2 workers", ws_st, ["--scheduler", addr2])):
+                full = repro(root, "-f", "--no-run-cache", "-j", "1", *extra)
+                part = repro(root, "-f", "--no-run-cache", "-j", "1", *extra, half)
+                runs.setdefault(label, ([], []))[0].append(full)
+                runs[label][1].append(part)
+            per.setdefault("bare", []).append(noop_roundtrip(addr2))
+            per.setdefault("floor", []).append(noop_roundtrip(addr2, as_executor=True))
+            here, there = bare_command(addr2, os.path.join(tmp, "bare"))
+            per.setdefault("cmd here", []).append(here)
+            per.setdefault("cmd on dask", []).append(there)
+        best = {label: min(v) for label, v in per.items()}
+        for label, (full, part) in runs.items():  # the best whole chain less the best half chain
+            best[label] = (min(full) - min(part)) / (args.chain // 2)
+            print(f"  {label:<34} {1000 * best[label]:6.1f} ms/stage   (all: best {min(full):.2f} s of "
+                  f"{', '.join(f'{x:.2f}' for x in full)}; half: best {min(part):.2f} s)")
+        base, rt, floor = best["local -j 1"], best["bare"], best["floor"]
+        print(f"  Dask's own round trip for a no-op task, one at a time, best of the rounds: submit + result "
+              f"{1000 * rt:.1f} ms ({', '.join(f'{1000 * x:.1f}' for x in per['bare'])}); submit + 'finished' "
+              f"only, the client sending at once, as the executor uses Dask: {1000 * floor:.1f} ms "
+              f"({', '.join(f'{1000 * x:.1f}' for x in per['floor'])})")
+        own = best["cmd on dask"] - best["cmd here"]
+        print(f"  the stage's command with nothing of Certus: a subprocess here {1000 * best['cmd here']:.1f} ms, "
+              f"the same as a Dask task (submit to 'finished') {1000 * best['cmd on dask']:.1f} ms: Dask's own "
+              f"cost per task, idle gaps included as in a chain, {1000 * own:+.1f} ms")
+        for mode in ("shared", "staged"):
+            over = best[f"dask {mode}, 2 workers"] - base
+            print(f"  overhead per stage beyond local, {mode}: {1000 * over:+.1f} ms = Dask's own {1000 * own:+.1f} "
+                  f"ms + ours {1000 * (over - own):+.1f} ms")
 
         if not args.skip_many:
             n = args.many
@@ -172,6 +242,7 @@ def run(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--chain", type=int, default=40)
+    p.add_argument("--rounds", type=int, default=5, help="section 1: interleaved rounds, best taken")
     p.add_argument("--many", type=int, default=1000)
     p.add_argument("--fanout", type=int, default=8)
     p.add_argument("--skip-many", action="store_true")

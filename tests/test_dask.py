@@ -294,8 +294,43 @@ def test_ctrl_c_of_the_coordinator_kills_the_remote_process_group(ws: Any, addr:
     assert not (ws.root / "out/slow.txt").exists()
 
 
-def test_declared_retries_rerun_a_failed_stage_and_undeclared_do_not(ws: Any, addr: str,
+def test_a_task_runs_its_command_once_and_never_after_a_cancel_or_its_run(cluster: Any, tmp_path: Path) -> None:
+    """The runner's own guards, on a real worker, without a scheduler round trip: the same task started
+    again (as the scheduler does after its worker died), a task started after the coordinator's cancel
+    mark, and one started after its run ended (its mark directory gone) never run the command; the
+    result left beside the mark (shared mode) is always the latest attempt's."""
+    from engine.adapters.dask_runner import mark_name, run_stage
+    from engine.run.executor import StageJob
+
+    marks, ran = tmp_path / "marks", tmp_path / "ran.log"
+    marks.mkdir()
+    job = StageJob(name="s", cmd=f"echo x >> {ran}", cwd=str(tmp_path), env={}, log_path=str(tmp_path / "s.log"),
+                   outs=((str(ran), "file"),))
+
+    def start(task: str, where: Path, attempt: str) -> dict[str, Any]:
+        payload = {"job": job, "task": task, "run_id": "guards", "mode": "shared", "sandbox": "auto",
+                   "marks": str(where), "cancel": "certus-cancel-test-guards"}
+        return cluster.submit(run_stage, payload, key=f"guards-{attempt}", pure=False).result(timeout=60)
+
+    left = marks / (mark_name("t1") + ".json")  # the result, left where the coordinator reads it first
+    first = start("t1", marks, "a")
+    assert first["returncode"] == 0 and not first["error"], first
+    assert json.loads(left.read_text())["started"] == first["started"]
+    again = start("t1", marks, "b")
+    assert again["lost"] and again["returncode"] == -1 and "started it again" in again["error"]
+    assert json.loads(left.read_text())["lost"], "a re-started task's 'lost' must replace the first attempt's result"
+    (marks / "cancel").write_text("")
+    cancelled = start("t2", marks, "c")
+    assert (cancelled["returncode"], cancelled["error"]) == (-signal.SIGTERM, "cancelled before it started")
+    ended = start("t3", tmp_path / "gone", "d")
+    assert (ended["returncode"], ended["error"]) == (-signal.SIGTERM, "its run has ended")
+    assert ran.read_text() == "x\n"
+
+
+@pytest.mark.parametrize("executor", ["dask", "local"])
+def test_declared_retries_rerun_a_failed_stage_and_undeclared_do_not(ws: Any, addr: str, executor: str,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    where = ("--scheduler", addr) if executor == "dask" else ("--executor", "local")
     ws.write("flaky.py", """\
         import os, sys
         n = len(open("tries.log").read()) if os.path.exists("tries.log") else 0
@@ -315,14 +350,14 @@ def test_declared_retries_rerun_a_failed_stage_and_undeclared_do_not(ws: Any, ad
     """)
     ws.write(".gitignore", ws.read(".gitignore") + "tries.log\n")
     ws.commit("flaky")
-    assert ws.certus("repro", "--scheduler", addr) == 1
+    assert ws.certus("repro", *where) == 1
     assert "stage 'once' failed: exit status 3" in _err(capsys)
     assert ws.read("tries.log") == "x"  # run once, not retried
     (ws.root / "tries.log").unlink()
     ws.write("pipelines/p.yaml", ws.read("pipelines/p.yaml").replace("outs: [out/once.txt]",
                                                                      "outs: [out/once.txt]\n    retries: 1"))
     ws.commit("retries")
-    assert ws.certus("repro", "--scheduler", addr) == 0, _err(capsys)
+    assert ws.certus("repro", *where) == 0, _err(capsys)
     assert ws.read("tries.log") == "xx" and ws.read("out/once.txt") == "ok\n"
 
 

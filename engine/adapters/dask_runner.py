@@ -2,13 +2,17 @@
 
 A Dask task cannot be stopped once it runs, so the stage's process group belongs to this
 runner: the command runs as it does locally (:class:`~engine.adapters.local.LocalExecutor`:
-its own session, Landlock, a stage token for daemons, ``timeout:``), and a watcher thread
-waits on the run's cancel :class:`distributed.Event`; when the coordinator sets it (Ctrl-C,
-SIGTERM) the group gets SIGTERM, then SIGKILL.
+its own session, Landlock, a stage token for daemons, ``timeout:``), and the worker
+process's watcher thread polls each run's cancel :class:`distributed.Event` (4 times a
+second, off the command's path: a fast command's start and end never wait for it); when the
+coordinator sets it (Ctrl-C, SIGTERM) the group gets SIGTERM, then SIGKILL.
 
 Commands are not idempotent, so a task runs its command once: the scheduler re-schedules a
-task whose worker died, and the runner of that second attempt finds its start already
-counted (scheduler metadata) and reports the stage lost instead of running it again. Stage
+task whose worker died, and the runner of that second attempt finds its start mark (a file
+created with ``O_EXCL`` in the run's mark directory, see :func:`_may_start`) and reports the
+stage lost instead of running it again. The same directory carries the coordinator's cancel
+mark, so a task that starts after a Ctrl-C never starts its command. Neither costs a
+scheduler round trip: a stage costs Dask's own submit and result, nothing more. Stage
 processes of a worker that died (``SIGKILL`` leaves them orphaned) are found through a small
 per-host registry and killed by the next runner on that host.
 
@@ -20,11 +24,14 @@ returns a manifest. What it returns is a claim: the coordinator verifies before 
 
 from __future__ import annotations
 
+import atexit
+import base64
 import contextlib
 import hashlib
 import json
 import os
 import platform
+import queue
 import shutil
 import signal
 import socket
@@ -32,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from engine.run.executor import JobResult, StageJob
@@ -42,6 +50,13 @@ LOST = "its Dask worker was lost mid-stage"
 _REGISTRY = os.path.join(tempfile.gettempdir(), f"certus-dask-{os.getuid()}")
 _subreaper_once = threading.Lock()
 _subreaper_set = False
+_boxes: dict[tuple[str, str, str], list[Any]] = {}  # (run, sandbox mode, workspace) -> [RunSandbox, notes, users]
+_boxes_lock = threading.Lock()
+_watched: dict[object, tuple[Any, Any]] = {}  # the running stages' (cancel Event, LocalExecutor)
+_watch_lock = threading.Lock()
+_watcher_on = False
+_trash: queue.SimpleQueue[str] = queue.SimpleQueue()  # staged scratch directories to remove
+_janitor_on = False
 
 
 def _alive(pid: int, start: int | None) -> bool:
@@ -95,15 +110,24 @@ def _register(path: str, local: Any, groups: list[dict[str, int]]) -> None:
         pass
 
 
-def _first_start(key: str, run_id: str) -> int:
-    """How many times this task was started before (0 the first time), counted on the scheduler."""
-    from distributed import get_client
+def _may_start(key: str, marks: str) -> str:
+    """'' the first time this task starts in its run; else why its command must not run.
 
-    client = get_client()
-    where = ["certus", run_id, key]
-    seen = int(client.get_metadata(where, 0) or 0)
-    client.set_metadata(where, seen + 1)
-    return seen
+    ``marks`` is the run's directory of start marks, made by the coordinator where every worker
+    reaches it (shared: the workspace; staged: the store). Creating a task's mark is atomic
+    (``O_EXCL``, on NFS too), so a task the scheduler starts again after its worker died finds
+    its mark; a missing directory means the run is over; ``cancel`` in it, that it was stopped.
+    No scheduler round trip: a fast stage's latency is the submit and its result.
+    """
+    try:
+        os.close(os.open(os.path.join(marks, mark_name(key)), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return "lost"
+    except FileNotFoundError:
+        return "its run has ended"
+    except OSError as e:
+        return f"cannot mark its start in {marks}: {e.strerror}"
+    return "cancelled before it started" if os.path.exists(os.path.join(marks, "cancel")) else ""
 
 
 def _stage_env(job: StageJob, rebase: dict[str, str]) -> dict[str, str]:
@@ -163,17 +187,131 @@ def _upload(job: StageJob, scratch: str, inbox: str) -> dict[str, dict[str, Any]
     return manifest
 
 
-def _watch(cancel: Any, local: Any, done: threading.Event) -> None:
-    """Poll the run's cancel event (a short RPC; no wait left pending on the scheduler)."""
-    while not done.wait(0.25):
-        with contextlib.suppress(Exception):  # the scheduler away for a moment: ask again
-            if cancel.is_set():
-                local.terminate_all()
+@contextlib.contextmanager
+def _run_sandbox(staged: bool, payload: dict[str, Any], workspace: str, notes: list[str]) -> Iterator[Any]:
+    """The run's :class:`~engine.adapters.sandbox.RunSandbox` on this worker (shared mode).
+
+    The local executor builds one per run (its Landlock read layer, its temp root); so does a
+    worker, for the stages of one run in one workspace, instead of one per stage. Idle ones of
+    other runs are closed when a new run comes. Staged mode: a fresh one per scratch directory.
+    """
+    from engine.adapters.sandbox import RunSandbox
+
+    if staged:
+        box = RunSandbox(payload["sandbox"], workspace, warn=notes.append)
+        try:
+            yield box
+        finally:
+            box.close()
+        return
+    key = (payload["run_id"], payload["sandbox"], os.path.realpath(workspace))
+    with _boxes_lock:
+        entry = _boxes.get(key)
+        if entry is None:
+            for other, (old, _, users) in list(_boxes.items()):
+                if not users:
+                    old.close()
+                    del _boxes[other]
+            said: list[str] = []
+            entry = _boxes[key] = [RunSandbox(payload["sandbox"], workspace, warn=said.append), said, 0]
+        entry[2] += 1
+    notes.extend(entry[1])  # e.g. "no Landlock": the coordinator shows it once per run
+    try:
+        yield entry[0]
+    finally:
+        with _boxes_lock:
+            entry[2] -= 1
+
+
+def _discard(scratch: str) -> None:
+    """A staged stage's scratch directory goes in the background: its result does not wait for it."""
+    global _janitor_on
+    _trash.put(scratch)
+    with _watch_lock:
+        if not _janitor_on:
+            _janitor_on = True
+            threading.Thread(target=_janitor, name="certus-scratch-rm", daemon=True).start()
+
+
+def _janitor() -> None:
+    while True:
+        shutil.rmtree(_trash.get(), ignore_errors=True)
+
+
+@atexit.register
+def _close_sandboxes() -> None:
+    with _boxes_lock:
+        for box, _, _ in _boxes.values():
+            box.close()
+        _boxes.clear()
+    with contextlib.suppress(queue.Empty):
+        while True:
+            shutil.rmtree(_trash.get_nowait(), ignore_errors=True)
+
+
+def _watch(cancel: Any, local: Any) -> object:
+    """Have this process's watcher poll ``cancel`` for ``local``'s stage; a ticket for :func:`_unwatch`."""
+    global _watcher_on
+    ticket = object()
+    with _watch_lock:
+        _watched[ticket] = (cancel, local)
+        if not _watcher_on:
+            _watcher_on = True
+            threading.Thread(target=_watcher, name="certus-cancel-watch", daemon=True).start()
+    return ticket
+
+
+def _unwatch(ticket: object) -> None:
+    with _watch_lock:
+        _watched.pop(ticket, None)
+
+
+def _watcher() -> None:
+    """One thread per worker process, while stages run: 4 times a second it asks the scheduler about
+    each run's cancel event (a short RPC, once per run, no wait left pending there) and stops the
+    stages of a cancelled run. A stage's start or end never waits for it."""
+    global _watcher_on
+    while True:
+        time.sleep(0.25)
+        with _watch_lock:
+            if not _watched:
+                _watcher_on = False
                 return
+            runs: dict[str, list[Any]] = {}
+            for cancel, local in _watched.values():
+                runs.setdefault(cancel.name, [cancel]).append(local)
+        for cancel, *locals_ in runs.values():
+            with contextlib.suppress(Exception):  # the scheduler away for a moment: ask again
+                if cancel.is_set():
+                    for local in locals_:
+                        local.terminate_all()
+
+
+def mark_name(key: str) -> str:
+    """A task's file name in the run's mark directory (task keys hold stage names: any length)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
 def run_stage(payload: dict[str, Any], others: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """Run one stage on this worker; a plain dict the coordinator checks (see module doc)."""
+    """Run one stage on this worker; a plain dict the coordinator checks (see module doc).
+
+    It also leaves the dict, as JSON, beside the task's start mark: the coordinator,
+    told by Dask that the task finished, reads it there instead of a second round trip to fetch
+    the result through the scheduler (the Dask result stays the fallback, and the authority on
+    errors and lost workers). Every return path writes it, so a re-started task's "lost" replaces
+    what an earlier attempt left.
+    """
+    out = _run_stage(payload, others)
+    path = os.path.join(payload["marks"], mark_name(payload["task"]) + ".json")
+    left = {**out, "log": base64.b64encode(out["log"]).decode()} if "log" in out else out  # staged: its bytes
+    with contextlib.suppress(OSError, TypeError, ValueError):
+        with open(f"{path}.{os.getpid()}.tmp", "w") as f:
+            json.dump(left, f)
+        os.replace(f"{path}.{os.getpid()}.tmp", path)  # whole, or not there
+    return out
+
+
+def _run_stage(payload: dict[str, Any], others: frozenset[str]) -> dict[str, Any]:
     global _subreaper_set
     from distributed import Event, get_client
 
@@ -183,14 +321,15 @@ def run_stage(payload: dict[str, Any], others: frozenset[str] = frozenset()) -> 
     job: StageJob = payload["job"]
     started = time.time()
     _sweep_orphans()
-    if _first_start(payload["task"], payload["run_id"]) > 0:
+    why = _may_start(payload["task"], payload["marks"])
+    if why == "lost":
         return {"returncode": -1, "started": started, "finished": time.time(), "lost": True,
                 "error": f"{LOST} and the scheduler started it again; commands are not re-run automatically "
                          "(declare 'retries:' on the stage to allow it)", "claim": _claim({})}
-    cancel = Event(payload["cancel"], client=get_client())
-    if cancel.is_set():
-        return {"returncode": -signal.SIGTERM, "started": started, "finished": time.time(),
-                "error": "cancelled before it started", "claim": _claim({})}
+    if why:
+        return {"returncode": -signal.SIGTERM if why.startswith(("cancelled", "its run")) else -1,
+                "started": started, "finished": time.time(), "error": why, "claim": _claim({})}
+    cancel = Event(payload["cancel"], client=get_client())  # no round trip until the watcher asks
     with _subreaper_once:
         if not _subreaper_set:  # once per worker process: orphaned stage daemons come to us, to be killed
             set_subreaper(True)
@@ -207,17 +346,15 @@ def run_stage(payload: dict[str, Any], others: frozenset[str] = frozenset()) -> 
         except Exception as e:  # a missing or damaged dep object, a full scratch disk
             return {"returncode": -1, "started": started, "finished": time.time(),
                     "error": f"could not fetch its deps from the store: {e}", "claim": _claim({})}
-        with open(os.devnull, "w") as sink:
-            local = LocalExecutor(1, echo=sink, sandbox=payload["sandbox"], workspace=run_job.cwd, warn=notes.append,
-                                  on_groups=None)
+        with open(os.devnull, "w") as sink, _run_sandbox(staged, payload, run_job.cwd, notes) as box:
+            local = LocalExecutor(1, echo=sink, sandbox=box, workspace=run_job.cwd, warn=notes.append, on_groups=None)
             local.on_groups = lambda groups: _register(reg, local, groups)
             local._all_outs.update(others)  # other stages' outputs: concurrent writers, not violations
-            done = threading.Event()
-            threading.Thread(target=_watch, args=(cancel, local, done), daemon=True).start()
+            ticket = _watch(cancel, local)
             try:
-                res: JobResult = local.submit(run_job).result()
+                res: JobResult = local.run(run_job)  # in this task's thread
             finally:
-                done.set()
+                _unwatch(ticket)
                 local.shutdown()
         out: dict[str, Any] = {"returncode": res.returncode, "started": res.started, "finished": res.finished,
                                "error": res.error, "sandbox": dict(res.sandbox), "notes": notes}
@@ -235,4 +372,4 @@ def run_stage(payload: dict[str, Any], others: frozenset[str] = frozenset()) -> 
         with contextlib.suppress(OSError):
             os.unlink(reg)
         if scratch:
-            shutil.rmtree(scratch, ignore_errors=True)
+            _discard(scratch)

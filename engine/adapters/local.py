@@ -23,6 +23,7 @@ from typing import IO, TextIO
 
 from engine.adapters.sandbox import RunSandbox, SandboxError, denied_paths, kill_tagged, set_subreaper
 from engine.run.executor import JobResult, StageJob
+from engine.store.cache import remove_path
 from engine.store.workspace import proc_start_time
 
 __all__ = ["LocalExecutor"]
@@ -33,12 +34,15 @@ class LocalExecutor:
 
     def __init__(self, jobs: int, *, echo: TextIO | None = None,
                  on_groups: Callable[[list[dict[str, int]]], None] | None = None,
-                 sandbox: str = "auto", workspace: str | None = None,
+                 sandbox: str | RunSandbox = "auto", workspace: str | None = None,
                  warn: Callable[[str], None] | None = None) -> None:
-        self.sandbox = RunSandbox(sandbox, workspace or os.getcwd(),
-                                  warn=warn or (lambda m: print(m, file=sys.stderr)))
+        # a RunSandbox given is the caller's to close (a Dask worker keeps one per run, for all its stages)
+        self._own_sandbox = not isinstance(sandbox, RunSandbox)
+        self.sandbox = sandbox if isinstance(sandbox, RunSandbox) else RunSandbox(
+            sandbox, workspace or os.getcwd(), warn=warn or (lambda m: print(m, file=sys.stderr)))
         self.pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="certus-stage")
         self.echo = echo if echo is not None else sys.stdout
+        self.warn = warn or (lambda m: print(m, file=sys.stderr))
         self.on_groups = on_groups
         self._lock = threading.Lock()
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -51,7 +55,27 @@ class LocalExecutor:
     def submit(self, job: StageJob) -> Future[JobResult]:
         with self._lock:
             self._all_outs.update(p for p, _ in job.outs)
-        return self.pool.submit(self._run, job)
+        return self.pool.submit(self._attempts, job)
+
+    def _attempts(self, job: StageJob) -> JobResult:
+        """The stage's ``retries:``: after a failure its outputs go and it runs again (as on Dask)."""
+        res = self._run(job)
+        for attempt in range(1, job.retries + 1):
+            if (res.returncode == 0 and not res.error) or self._stopping:
+                break
+            self.warn(f"[certus] stage '{job.name}' failed ({res.error or f'exit status {res.returncode}'}); "
+                      f"retry {attempt} of {job.retries} (its 'retries:')")
+            for path, _ in job.outs:
+                with contextlib.suppress(OSError):
+                    remove_path(path)
+            res = self._run(job)
+        return res
+
+    def run(self, job: StageJob) -> JobResult:
+        """Run one job in the calling thread (one that may block, e.g. a Dask task's)."""
+        with self._lock:
+            self._all_outs.update(p for p, _ in job.outs)
+        return self._run(job)
 
     def _publish(self) -> None:
         if self.on_groups is not None:
@@ -150,5 +174,6 @@ class LocalExecutor:
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
-        self.sandbox.close()
+        if self._own_sandbox:
+            self.sandbox.close()
         set_subreaper(self._was_subreaper)

@@ -3,7 +3,9 @@
 Neither is part of the stage key: where and how often a command ran does not change what it
 computes. ``resources`` map to Dask worker resources (engine.adapters.dask_executor):
 ``cpus`` and ``gpu`` are counts, ``mem`` is bytes (``4GiB``, ``512MB`` or a number), and any
-other name is a custom resource the cluster's workers advertise.
+other name is a custom resource the cluster's workers advertise. ``retries`` (default 0:
+commands are not idempotent) is honoured by both executors: after a failure (or, on Dask, a
+lost worker) the stage's outputs go and it runs again, up to that many times.
 """
 
 from __future__ import annotations
