@@ -199,7 +199,8 @@ def cmd_ledger_checkpoint(args: argparse.Namespace) -> int:
 def register(lsub: Any) -> None:
     """Add ``checkpoint`` to the ``certus ledger`` actions."""
     cp = lsub.add_parser(
-        "checkpoint", aliases=["witness"], help="print, export or cosign the signed checkpoint; --witness compares another party's",
+        "checkpoint", aliases=["witness"],
+        help="print, export or cosign the signed checkpoint; --witness compares another party's",
         description="Print this ledger's signed checkpoint (C2SP signed note), export it for other parties, "
                     "cosign it as a witness (C2SP tlog-cosignature), or compare another party's checkpoint "
                     "with this ledger to detect a rewritten or forked history.")
