@@ -297,6 +297,11 @@ def create_app(opts: ServeOptions | None = None) -> Starlette:
             st.writer = TelemetryWriter(SQLiteStore(opts.telemetry), max_queue=opts.max_queue,
                                         exclude=st.cfg.pii_columns)
             st.writer.on_drop = st.metrics.dropped.inc
+        import gc
+
+        gc.collect()
+        gc.freeze()  # the loaded model and libraries: no full collection walks them again (telemetry keeps
+        # requests' records alive for a flush interval, which otherwise makes those collections frequent)
         task = asyncio.create_task(watch_alias())
         try:
             yield
