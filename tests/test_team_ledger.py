@@ -54,7 +54,7 @@ class Team:
     def git(self, cwd: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
         return self.sh(cwd, "git", *args, ok=ok)
 
-    def origin(self, url: str = "git") -> Path:
+    def origin(self, url: str = "git", ignore: str = "out/\n.certus/cache/\n.certus/*.sqlite\ncertus.lock\n") -> Path:
         """The first clone: pipeline, trust, keys, the shared-log remote; pushed to the bare remote."""
         self.git(self.tmp, "init", "-q", "--bare", "-b", "main", str(self.remote))
         a = self.tmp / "a"
@@ -65,7 +65,7 @@ class Team:
         (a / "pipelines/p.yaml").write_text(PIPE)
         (a / "conf/config.yaml").write_text("x: 1\n")
         (a / "step.py").write_text(STEP)
-        (a / ".gitignore").write_text("out/\n.certus/cache/\n.certus/*.sqlite\ncertus.lock\n")
+        (a / ".gitignore").write_text(ignore)
         home = Path(self.env["CERTUS_HOME"])
         self.certus(a, "keys", "generate", "--name", "alice", "--role", "trainer")
         self.certus(a, "keys", "trust", str(home / "keys/alice.pub"), "--role", "trainer", "--role", "ledger",
@@ -273,3 +273,32 @@ def test_sync_killed_during_its_push_appends_nothing_twice(team: Team) -> None:
     b = team.clone("b")
     team.certus(b, "ledger", "sync")
     assert team.ledger(b) == team.ledger(a)
+
+
+def test_the_issues_two_clone_scenario_merges_with_no_conflict(team: Team) -> None:
+    """Issue 16's report, replayed: two clones each run one repro with a different override and commit what the
+    README says to commit (here: certus.lock and the attestation bundles; the ledger lives on its own ref); `git
+    pull` of one into the other conflicts nowhere, and status and verify are right afterwards."""
+    a = team.origin(ignore="out/\n.certus/cache/\n.certus/*.sqlite\n.certus/runs/\n.certus/logs/\n"
+                           ".certus/state.db\n.certus/tmp/\n.certus/index*\n")
+    b = team.clone("b")
+    for ws, x in ((a, "2"), (b, "3")):
+        team.certus(ws, "repro", f"x={x}")
+        team.git(ws, "add", "-A")
+        team.git(ws, "commit", "-qm", f"run x={x}")
+    team.git(a, "push", "-q", "origin", "main")
+    pull = team.git(b, "pull", "--no-rebase", "--no-edit", "origin", "main", ok=False)
+    assert pull.returncode == 0, pull.stdout + pull.stderr
+    assert team.git(b, "diff", "--name-only", "--diff-filter=U").stdout == ""
+    assert "<<<<<<<" not in (b / "certus.lock").read_text()
+    st = json.loads(team.certus(b, "status", "x=3", "--json").stdout)  # b's outputs are b's: the lock says so
+    assert st["clean"] and not st["stages"]["step"]["stale"], st
+    other = json.loads(team.certus(b, "status", "x=2", "--json", ok=False).stdout)  # a's override: stale here
+    assert other["stages"]["step"]["stale"], other
+    team.certus(b, "ledger", "sync")
+    team.git(b, "push", "-q", "origin", "main")
+    team.git(a, "pull", "-q", "--no-rebase", "--no-edit", "origin", "main")
+    team.certus(a, "ledger", "sync")
+    assert team.ledger(a) == team.ledger(b)
+    for ws in (a, b):
+        assert json.loads(team.certus(ws, "verify", "--json").stdout)["ok"]

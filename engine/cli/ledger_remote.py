@@ -7,7 +7,6 @@ for the backends (a git ref on the workspace's remote, or PostgreSQL).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from typing import Any
@@ -55,11 +54,6 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from engine.store.workspace import WorkspaceLock
 
     ws = _ws(args)
-    from engine.adapters.lock_driver import install_merge_driver
-    from engine.errors import WorkspaceError
-
-    with contextlib.suppress(WorkspaceError):  # clone-local git config: each clone that syncs merges certus.lock
-        install_merge_driver(ws.root)
     with WorkspaceLock(ws).held(command="ledger sync"):
         prov = Provenance(ws)
         done = sync_remotes(prov, sys.stderr, args.remote or None, quiet_if_none=False)

@@ -18,6 +18,13 @@ def sync_remotes(prov: Any, err: TextIO, names: list[str] | None = None, *, quie
     from engine.provenance.ledger_sync import sync
 
     remotes = load_remotes(prov.ws.root)
+    import contextlib
+
+    from engine.adapters.lock_driver import install_merge_driver
+    from engine.errors import WorkspaceError
+
+    with contextlib.suppress(WorkspaceError):  # clone-local git config: a team's clones merge certus.lock per stage
+        install_merge_driver(prov.ws.root)
     if names:
         missing = [n for n in names if n not in remotes]
         if missing:
