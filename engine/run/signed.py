@@ -89,7 +89,9 @@ class ProvenanceRepro(Repro):
                 problems = package_after_run(self.prov, self.spec, self.lock, result, self.err,
                                              getattr(self, "package_extras", None))
         finally:
-            if os.path.exists(os.path.join(self.ws.root, ".certus", "remotes.json")):
+            if result.status == "interrupted":  # Ctrl-C: no network now; the next sync or run sequences it
+                pass
+            elif os.path.exists(os.path.join(self.ws.root, ".certus", "remotes.json")):
                 from engine.run.ledger_remotes import sync_remotes  # a team's shared log (issue 16)
 
                 sync_remotes(self.prov, self.err)
