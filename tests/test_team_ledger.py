@@ -36,7 +36,9 @@ ENV = {"GIT_AUTHOR_NAME": "T", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITT
 class Team:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.env = {**os.environ, **ENV, "CERTUS_HOME": str(tmp / "home"), "HOME": str(tmp / "userhome")}
+        self.env = {**os.environ, **ENV, "CERTUS_HOME": str(tmp / "home"), "HOME": str(tmp / "userhome"),
+                    # git runs the certus.lock merge driver as `certus`, as a user's shell would find it
+                    "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
         for k in ("CERTUS_KEY", "CERTUS_LEDGER_KEY"):
             self.env.pop(k, None)
         (tmp / "userhome").mkdir()

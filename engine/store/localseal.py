@@ -79,8 +79,8 @@ def local_key() -> bytes | None:
         return _key_cache[home]
     path = os.path.join(home, KEY_NAME)
     key = _read_key(path)
-    if key is None and not os.path.lexists(path):
-        key = _create_key(home, path)
+    if key is None:  # absent: create it; or another process created it since our read: read it again
+        key = _create_key(home, path) if not os.path.lexists(path) else _read_key(path)
     _key_cache[home] = key
     return key
 
