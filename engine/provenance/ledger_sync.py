@@ -131,10 +131,6 @@ def _swap_in(ldir: Path, new: Path) -> None:
 # -- sync ------------------------------------------------------------------------------------------
 
 
-def _leaf_root(leaves: list[bytes]) -> bytes:
-    return merkle.root(leaves)
-
-
 def _cp_text(cp: Any) -> str:
     return f"size {cp.size}, root {cp.root_hash.hex()[:16]}…"
 
@@ -256,7 +252,7 @@ def sync(prov: Any, log: Any, *, say: Callable[[str], None] | None = None) -> Sy
                                       f"of trust.json ({e}); not syncing") from None
                 leaves = ledger.leaf_hashes(k) + [merkle.leaf_hash(e) for e in snap.entries]
                 if theirs.size != r or (ours is not None and theirs.origin != ours.origin) or \
-                        _leaf_root(leaves) != theirs.root_hash:
+                        merkle.root(leaves) != theirs.root_hash:
                     mine = _cp_text(ours) if ours is not None else "none yet"
                     raise LedgerError(f"ledger remote '{name}': the shared log is not an extension of the one this "
                                       f"workspace saw (ours: {mine}; theirs: {theirs.origin} {_cp_text(theirs)}): "
@@ -286,8 +282,7 @@ def sync(prov: Any, log: Any, *, say: Callable[[str], None] | None = None) -> Sy
                                       f"({str(their_g)[:16]}…, ours {mine_g[:16]}…): commit the same trust.json "
                                       "in every clone; not syncing")
                 pending = pending[1:]  # our own genesis: the shared log's pins the same trust
-            new, _, _ = _paths(ldir)
-            recover(ldir)
+            new, _, _ = _paths(ldir)  # (recover() above, under this lock, left no .next behind)
             fresh = Ledger.open(new, origin=theirs.origin)
             done = 0
             for size, note in _history(ldir, k):  # the prefix keeps its checkpoints (witnesses cosigned them)
