@@ -347,6 +347,25 @@ def test_failed_run_still_gets_a_signed_record(signed: Any, capsys: pytest.Captu
     assert signed.certus("verify") == 0, output(capsys)
 
 
+def test_concurrent_first_runs_in_one_workspace_create_one_ledger(diamond: Any, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Runs that start together in a workspace with no ledger yet must agree on one ledger (CI once saw
+    two first runs both write its first state and one die on the other's rename)."""
+    setup_keys(diamond, tmp_path, monkeypatch)
+    assert not (diamond.root / ".certus/ledger").exists()
+    procs = [subprocess.Popen([sys.executable, "-m", "engine", "-C", str(diamond.root), "repro", "--wait",
+                               f"b.y={10 + i}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(4)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    assert len(run_records(diamond.root)) == 4
+    assert not list((diamond.root / ".certus/ledger").glob(".*.tmp"))
+    capsys.readouterr()
+    assert diamond.certus("verify") == 0, output(capsys)
+
+
 def test_reference_lifecycle_verifies_and_has_lineage(ws: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     # as the README says: copy the lifecycle, `python stages/bootstrap.py` (raw data exported,

@@ -227,6 +227,14 @@ class Provenance:
 
         return Ledger.open(ledger_dir(self.ws), origin=self._origin(), create=create)
 
+    def ensure_ledger(self) -> None:
+        """Create the ledger if there is none, under the exclusive lock: two first runs in one
+        workspace must agree on one origin and not both write its first state."""
+        if os.path.exists(os.path.join(ledger_dir(self.ws), "state.json")):
+            return
+        with self.ledger_lock(exclusive=True):
+            self.open_ledger(create=True)
+
     @contextlib.contextmanager
     def ledger_lock(self, *, exclusive: bool) -> Iterator[None]:
         """An flock on the ledger directory: appends exclusive, readers (verify) shared.

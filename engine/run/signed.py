@@ -37,9 +37,13 @@ class ProvenanceRepro(Repro):
 
         self.prov.signer("trainer")
         self.prov.signer("ledger")
+        try:
+            self.prov.ensure_ledger()
+        except OSError as e:
+            raise LedgerError(f"{e.filename}: cannot create the ledger ({e.strerror}); nothing was run") from e
         with self.prov.ledger_lock(exclusive=False):
             try:
-                self._index = self.prov.check_appendable(self.prov.open_ledger())
+                self._index = self.prov.check_appendable(self.prov.open_ledger(create=False))
             except LedgerError as e:
                 raise LedgerError(f"{e}; nothing was run") from e
         # outputs certus.lock records that no attestation in the ledger covers (a run killed before
