@@ -160,8 +160,10 @@ class Context:
     every_signature: bool = False  # also re-check signatures a verified run record already covers
 
 
-def role_and_time(ptype: str, payload: dict[str, Any]) -> tuple[str, Any] | None:
-    """The role a record's kind requires and the time it claims (None: unknown kind)."""
+def role_and_time(ptype: str, payload: dict[str, Any], drift: bool | None = None) -> tuple[str, Any] | None:
+    """The role a record's kind requires and the time it claims (None: unknown kind).
+
+    ``drift``: whether the statement is a drift report, when the caller has already looked."""
     if ptype == RUN_TYPE:
         return "trainer", payload.get("finished") or payload.get("started", "")
     if ptype == EVENT_TYPE:
@@ -172,7 +174,7 @@ def role_and_time(ptype: str, payload: dict[str, Any]) -> tuple[str, Any] | None
         return ROLE_FOR_TYPE[ptype], payload.get("time", "")
     if ptype == PAYLOAD_TYPE and payload.get("predicateType") == VSA_PREDICATE:
         return ROLE_FOR_PREDICATE[VSA_PREDICATE], (payload.get("predicate") or {}).get("timeVerified", "")
-    if ptype == PAYLOAD_TYPE and is_drift_report(payload):  # a monitor pass answers for the model: trainer
+    if ptype == PAYLOAD_TYPE and (is_drift_report(payload) if drift is None else drift):  # answers for the model
         return "trainer", drift_time(payload)
     if ptype == PAYLOAD_TYPE and payload.get("predicateType") in ROLE_FOR_PREDICATE:
         return ROLE_FOR_PREDICATE[payload["predicateType"]], claimed_time(payload)
@@ -198,20 +200,22 @@ def check_entries(ctx: Context, part: Sequence[tuple[int, bytes]]) -> Slice:
         except (SignatureError, ValueError) as e:
             report.fail(f"{where}: not a DSSE envelope: {e}")
             continue
-        kind = role_and_time(env.payload_type, payload)
+        own = sha256_hex(raw)
+        drift = env.payload_type == PAYLOAD_TYPE and is_drift_report(payload)
+        kind = role_and_time(env.payload_type, payload, drift)
         if kind is None:
             report.fail(f"{where}: unknown payloadType '{env.payload_type}'; expected {RUN_TYPE}, {EVENT_TYPE}, "
                         f"{TRUST_TYPE}, {WAIVER_TYPE}, {RELEASE_TYPE} or a gate result or deploy VSA ({PAYLOAD_TYPE})")
             continue
         role, at_text = kind
-        gate_kind = env.payload_type == WAIVER_TYPE or is_gate_result(payload)
+        gate_kind = env.payload_type == WAIVER_TYPE or (not drift and is_gate_result(payload))
         if env.payload_type == RUN_TYPE:
             where += f" (run {payload.get('run_id', '?')})"
         elif gate_kind:
             where += " (gate waiver)" if env.payload_type == WAIVER_TYPE else " (gate result)"
         elif env.payload_type == RELEASE_TYPE:
             where += f" (release {payload.get('name', '?')}-{payload.get('version', '?')})"
-        elif env.payload_type == PAYLOAD_TYPE and is_drift_report(payload):
+        elif drift:
             where += " (drift report)"
         elif env.payload_type == PAYLOAD_TYPE:
             where += " (deploy verification summary)"
@@ -233,7 +237,6 @@ def check_entries(ctx: Context, part: Sequence[tuple[int, bytes]]) -> Slice:
             report.fail(f"{where}: unreadable time '{at_text}'")
             continue
         signers = tuple(s.keyid for s in env.signatures)
-        own = sha256_hex(raw) if gate_kind else ""
         covered = (not ctx.every_signature and gate_kind and env.payload_type != WAIVER_TYPE
                    and bool(signers) and covers.get(own) == signers)
         failed = len(report.failures)
@@ -244,36 +247,42 @@ def check_entries(ctx: Context, part: Sequence[tuple[int, bytes]]) -> Slice:
             waiver = env.payload_type == WAIVER_TYPE
             out.gate_entries.append((index, where, own, payload if waiver else gate_result_detail(payload),
                                      signers, trusted, waiver))
-        if env.payload_type == PAYLOAD_TYPE and is_drift_report(payload):
+        if drift:
             detail, why = drift_detail(payload)
-            out.drift_entries.append((index, where, sha256_hex(raw), detail if detail is not None else why, signers,
+            out.drift_entries.append((index, where, own, detail if detail is not None else why, signers,
                                       trusted, False))
         elif env.payload_type == EVENT_TYPE and payload.get("kind") == "drift.waiver":
             details = payload.get("details")
-            out.drift_entries.append((index, where, sha256_hex(raw), details if isinstance(details, dict) else
+            out.drift_entries.append((index, where, own, details if isinstance(details, dict) else
                                       "its details are not an object", signers, trusted, True))
         if env.payload_type == RELEASE_TYPE or (env.payload_type == PAYLOAD_TYPE and is_vsa(payload)) or (
                 env.payload_type == EVENT_TYPE and str(payload.get("kind", "")).startswith("registry.")):
-            out.releases.append((index, where, sha256_hex(raw), env.payload_type, payload, trusted))
+            out.releases.append((index, where, own, env.payload_type, payload, trusted))
         if env.payload_type != RUN_TYPE:
             continue
         run_id = str(payload.get("run_id", "?"))
         out.run_signers[run_id] = signers
+        record_ok = trusted and len(report.failures) == failed  # its own signatures verified
         listed = payload.get("gate_results")
         if listed is not None and not (isinstance(listed, list) and all(isinstance(g, dict) for g in listed)):
             report.fail(f"{where}: gate_results is not a list of {{gate, sha256}}")
             listed = []
         for g in listed or ():
             out.listed_gates.append((index, where, run_id, str(g.get("gate")), str(g.get("sha256"))))
-            if trusted and len(report.failures) == failed:
+            if record_ok:
                 covers[str(g.get("sha256"))] = signers
-        out.runs.append((index, where, payload.get("previous", UNLINKED), sha256_hex(raw), run_id))
-        _verify_run(ctx, payload, at, index, where, out)
+        out.runs.append((index, where, payload.get("previous", UNLINKED), own, run_id))
+        _verify_run(ctx, payload, at, index, where, out, signers if record_ok else None)
     return out
 
 
-def _verify_run(ctx: Context, rec: dict[str, Any], at: datetime, index: int, where: str, out: Slice) -> None:
+def _verify_run(ctx: Context, rec: dict[str, Any], at: datetime, index: int, where: str, out: Slice,
+                record_signers: tuple[str, ...] | None = None) -> None:
+    """``record_signers``: the keyids whose signatures on the record verified (None: not all did). An
+    attestation whose exact bytes the record lists (by digest) and that those same keys signed is
+    authenticated by the record's signature; its own is checked again only with ``every_signature``."""
     report, prov = out.report, ctx.prov
+    cover = record_signers if record_signers and not ctx.every_signature else None
     run_id = rec.get("run_id", "?")
     listed = rec.get("attestations", [])
     if ctx.run is not None and run_id != ctx.run:  # another run's: only what restored-from may point at
@@ -295,6 +304,7 @@ def _verify_run(ctx: Context, rec: dict[str, Any], at: datetime, index: int, whe
         stage = a.get("stage", "?")
         w = f"{where}: attestation for stage '{stage}'"
         raw = by_digest.get(str(a.get("sha256")))
+        listed_bytes = raw is not None
         if raw is None:
             if bundle is None:
                 bundle = prov.read_attestations(run_id)
@@ -313,7 +323,8 @@ def _verify_run(ctx: Context, rec: dict[str, Any], at: datetime, index: int, whe
         if env.payload_type != PAYLOAD_TYPE:
             report.fail(f"{w}: payloadType '{env.payload_type}', expected '{PAYLOAD_TYPE}'")
             continue
-        if not check_signatures(env, ctx.judge, "trainer", at, index, w, report):
+        covered = listed_bytes and cover is not None and tuple(s.keyid for s in env.signatures) == cover
+        if not check_signatures(env, ctx.judge, "trainer", at, index, w, report, covered=covered):
             continue
         try:
             stmt = json.loads(env.payload)
