@@ -474,3 +474,31 @@ def test_provenance_verifies_after_a_distributed_run(diamond: Any, addr: str, tm
     assert claim["worker"].startswith("tcp://127.0.0.1:") and claim["python"] and claim["host"]
     subject = {s["name"]: "sha256:" + s["digest"]["sha256"] for s in stmt["subject"]}
     assert claim["outs"] == subject == {"out/d.txt": diamond.lock()["stages"]["d"]["outs"]["out/d.txt"]["digest"]}
+
+
+def test_dir_watch_reports_files_renamed_in_and_only_those(tmp_path: Path) -> None:
+    """The executor settles a stage when its runner renames the result file into the mark directory."""
+    import threading
+
+    from engine.adapters.dir_watch import watch
+
+    seen: list[str] = []
+    arrived = threading.Event()
+
+    def on_name(name: str) -> None:
+        seen.append(name)
+        arrived.set()
+
+    w = watch(str(tmp_path), on_name)
+    if w is None:
+        pytest.skip("no inotify here: the executor waits for Dask's 'finished' instead")
+    try:
+        (tmp_path / "written-in-place.json").write_text("{}")  # not a rename: a reader could see it half written
+        (tmp_path / "r.json.tmp").write_text("{}")
+        os.replace(tmp_path / "r.json.tmp", tmp_path / "r.json")
+        assert arrived.wait(5)
+        time.sleep(0.1)
+        assert seen == ["r.json"]
+    finally:
+        w.close()
+    assert not any(t.name == "certus-dir-watch" and t.is_alive() for t in threading.enumerate())

@@ -18,7 +18,10 @@ Dask semantics that matter here:
   :class:`distributed.Event`; runners kill their process groups;
 * one scheduler round trip per stage, the submit and its "finished": a runner checks its
   once-only start and the cancel mark, and leaves its result, in the run's mark directory on the
-  file system both sides reach (see dask_runner); Dask's result fetch is only the fallback.
+  file system both sides reach (see dask_runner); Dask's result fetch is only the fallback. Where
+  the coordinator can watch that directory (inotify, :mod:`engine.adapters.dir_watch`), the result
+  file arriving settles the stage without waiting for Dask's "finished" to come round through the
+  scheduler; whichever comes first is used, once.
 
 ``staged`` mode (:mod:`engine.adapters.dask_staging`) moves bytes through a content-addressed
 store and verifies every digest a worker claims before anything enters the workspace.
@@ -76,6 +79,8 @@ class DaskExecutor:
         self._pending: dict[str, Any] = {}  # task key -> Dask future, until its result is handled
         self._finished: list[Any] = []  # handled futures, released with the next submit (see _start)
         self._marks = ""  # the run's directory of task start marks, which workers reach (see dask_runner)
+        self._watch: Any = None  # result files arriving in _marks (engine.adapters.dir_watch), where it can
+        self._waiting: dict[str, list[Any]] = {}  # result file name -> [future, job, out, attempt], unsettled
         self._post = ThreadPoolExecutor(max_workers=1, thread_name_prefix="certus-dask-ingest")
         self._stopping = False
         self._notes: set[str] = set()
@@ -127,6 +132,9 @@ class DaskExecutor:
             self.close()
             raise ExecutorError(f"cannot create {self._marks} (where Dask workers mark the stages they start): "
                                 f"{e.strerror}") from None
+        from engine.adapters.dir_watch import watch
+
+        self._watch = watch(self._marks, self._on_file)
 
     def _fit(self, resources: tuple[tuple[str, float], ...]) -> str:
         """'' when some worker offers ``resources``; else why not (checked once per distinct set)."""
@@ -179,8 +187,14 @@ class DaskExecutor:
             out.set_result(JobResult(job.name, -1, started, time.time(), job.log_path,
                                      error=f"could not stage its deps: {e}"))
             return
+        from engine.adapters.dask_runner import mark_name
+
+        waiting = [None, job, out, attempt]
+        with self._lock:
+            self._waiting[mark_name(key) + ".json"] = waiting
         fut = self.client.submit(run_stage, payload, *args, key=key, pure=False, retries=0,
                                  resources=dict(job.resources) or None)
+        waiting[0] = fut
         with self._lock:
             self._pending[key] = fut
             # Releasing a handled future is a message to the scheduler; sent just after this submit, it
@@ -188,20 +202,43 @@ class DaskExecutor:
             self._finished.clear()
         fut.add_done_callback(lambda f: self._hand_over(f, job, out, attempt))
 
+    def _settle(self, name: str) -> list[Any] | None:
+        """The stage waiting for result file ``name``, taken once: by the file or by Dask, whichever is first."""
+        with self._lock:
+            return self._waiting.pop(name, None)
+
+    def _on_file(self, name: str) -> None:
+        """From the watch thread: a runner's result file arrived (see _left_result)."""
+        waiting = self._settle(name)
+        if waiting is not None and waiting[0] is not None:
+            self._post_or_stop(waiting[2], waiting[1], self._from_file, name, *waiting)
+
     def _hand_over(self, fut: Any, job: StageJob, out: Future[JobResult], attempt: int) -> None:
         """From Dask's callback thread to ours (results are handled one at a time, in order)."""
+        from engine.adapters.dask_runner import mark_name
+
+        if self._settle(mark_name(fut.key) + ".json") is None:  # settled from its result file already
+            return
+        self._post_or_stop(out, job, self._done, fut, job, out, attempt)
+
+    def _post_or_stop(self, out: Future[JobResult], job: StageJob, fn: Callable[..., None], *args: Any) -> None:
         try:
-            self._post.submit(self._done, fut, job, out, attempt)
+            self._post.submit(fn, *args)
         except RuntimeError:  # shut down after an interrupt: nothing is ingested any more
             if not out.done():
                 now = time.time()
                 out.set_result(JobResult(job.name, -signal.SIGTERM, now, now, job.log_path))
 
+    def _from_file(self, name: str, fut: Any, job: StageJob, out: Future[JobResult], attempt: int) -> None:
+        left = self._read_left(os.path.join(self._marks, name))
+        self._done(fut, job, out, attempt, left)  # unreadable (None): Dask's result, as without the watch
+
     # -- results ---------------------------------------------------------------------------
 
-    def _done(self, fut: Any, job: StageJob, out: Future[JobResult], attempt: int) -> None:
+    def _done(self, fut: Any, job: StageJob, out: Future[JobResult], attempt: int,
+              left: dict[str, Any] | None = None) -> None:
         try:
-            res = self._result(fut, job)
+            res = self._result(fut, job, left)
         except BaseException as e:  # never leave the coordinator waiting on a future nobody resolves
             res = JobResult(job.name, -1, time.time(), time.time(), job.log_path, error=f"executor: {e}")
         with self._lock:
@@ -215,14 +252,14 @@ class DaskExecutor:
             return
         out.set_result(res)
 
-    def _result(self, fut: Any, job: StageJob) -> JobResult:
+    def _result(self, fut: Any, job: StageJob, left: dict[str, Any] | None = None) -> JobResult:
         from distributed.scheduler import KilledWorker
 
         now = time.time()
         try:
             # the task is done when this runs; fetching its small result must not hang the run (or, after a
             # Ctrl-C, the interpreter's exit, which joins this thread)
-            r = self._left_result(fut)
+            r = left if left is not None else self._left_result(fut)
             if r is None:
                 r = fut.result(timeout=5 if self._stopping else _RESULT_WITHIN)
         except KilledWorker as e:
@@ -271,14 +308,19 @@ class DaskExecutor:
     def _left_result(self, fut: Any) -> dict[str, Any] | None:
         """The result the runner left in the mark directory, if it is there and whole.
 
-        Saves the round trip that fetches it through the scheduler (~5 ms a stage here); only for
-        a task Dask reports finished, so errors and lost workers still come from Dask.
+        Saves the round trip that fetches it through the scheduler (~5 ms a stage here). The
+        runner renames it into place after the command ended and everything was reported, so it
+        is the stage's whole result whether it arrives before Dask's "finished" (the watch) or
+        after; a task that leaves none (a lost worker, a runner that raised) is Dask's to report.
         """
         if not self._marks or fut.status != "finished":
             return None
         from engine.adapters.dask_runner import mark_name
 
-        path = os.path.join(self._marks, mark_name(fut.key) + ".json")
+        return self._read_left(os.path.join(self._marks, mark_name(fut.key) + ".json"))
+
+    @staticmethod
+    def _read_left(path: str) -> dict[str, Any] | None:
         try:
             with open(path) as f:
                 r = json.load(f)
@@ -333,6 +375,8 @@ class DaskExecutor:
                 self.client.cancel(futs)
 
     def shutdown(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
         self._post.shutdown(wait=not self._stopping, cancel_futures=self._stopping)
         # Talking to the scheduler can stall (a loaded or dying cluster, a Ctrl-C mid-call): the run's
         # results are already settled here, so the goodbye is bounded and a stalled one is left behind.
