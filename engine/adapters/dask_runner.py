@@ -178,6 +178,7 @@ def _upload(job: StageJob, scratch: str, inbox: str) -> dict[str, dict[str, Any]
     rels = [os.path.relpath(p, scratch) for p, _ in job.outs]
     hashed = Hasher(scratch).hash_many(rels)
     box = ObjectCache(inbox)
+    box.durable = False  # the coordinator re-hashes every byte it takes from here; a crash loses the run anyway
     manifest: dict[str, dict[str, Any]] = {}
     for rel, entry in hashed.items():
         if entry is None:
@@ -287,6 +288,16 @@ def _watcher() -> None:
                         local.terminate_all()
 
 
+_client: Any = None  # this worker's client, kept: asking Dask for it again costs ~0.4 ms a stage
+
+
+def _worker_client(get: Any) -> Any:
+    global _client
+    if _client is None or getattr(_client, "status", "") != "running":
+        _client = get()
+    return _client
+
+
 def mark_name(key: str) -> str:
     """A task's file name in the run's mark directory (task keys hold stage names: any length)."""
     return hashlib.sha256(key.encode()).hexdigest()[:40]
@@ -329,7 +340,7 @@ def _run_stage(payload: dict[str, Any], others: frozenset[str]) -> dict[str, Any
     if why:
         return {"returncode": -signal.SIGTERM if why.startswith(("cancelled", "its run")) else -1,
                 "started": started, "finished": time.time(), "error": why, "claim": _claim({})}
-    cancel = Event(payload["cancel"], client=get_client())  # no round trip until the watcher asks
+    cancel = Event(payload["cancel"], client=_worker_client(get_client))  # no round trip until the watcher asks
     with _subreaper_once:
         if not _subreaper_set:  # once per worker process: orphaned stage daemons come to us, to be killed
             set_subreaper(True)

@@ -118,6 +118,7 @@ class ObjectCache:
         self._broken: set[str] = set()  # link types that failed here once
         self.state = state
         self.verify = True  # only benchmarks turn this off, to measure what verification costs
+        self.durable = True  # False: no fsync per object (a scratch area whose reader re-hashes every byte)
 
     def path(self, digest: Digest) -> str:
         return os.path.join(self.root, digest.hex[:2], digest.hex[2:])
@@ -199,8 +200,9 @@ class ObjectCache:
                     f"output '{label}' changed while it was being stored (its bytes now hash to sha256:"
                     f"{str(actual)[:16]}…, not the {digest.short}… recorded when the stage finished); nothing was "
                     "cached: make sure nothing else writes the stage's outputs and re-run it")
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
+            if self.durable:
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
             os.chmod(tmp, 0o444)
             os.replace(tmp, dst)
         except OSError as e:
