@@ -57,6 +57,7 @@ _watch_lock = threading.Lock()
 _watcher_on = False
 _trash: queue.SimpleQueue[str] = queue.SimpleQueue()  # staged scratch directories to remove
 _janitor_on = False
+_failed_links: dict[tuple[str, str], set[str]] = {}  # (direction, store) -> link types that fail there
 
 
 def _alive(pid: int, start: int | None) -> bool:
@@ -151,7 +152,7 @@ def _prepare_staged(job: StageJob, payload: dict[str, Any], scratch: str) -> Sta
     """Fetch every dep by digest into ``scratch``; the job, rebased there."""
     from engine.store.cache import ObjectCache
 
-    store = ObjectCache(payload["store"])
+    store = ObjectCache(payload["store"], failed_links=_failed_links.setdefault(("fetch", payload["store"]), set()))
     for rel, entry in job.deps:
         store.checkout(scratch, rel, entry.digest, entry.kind)  # hashed while copied: a damaged object fails here
     params = os.path.join(scratch, ".certus", "tmp", "params", f"{job.name}.json")
@@ -177,7 +178,7 @@ def _upload(job: StageJob, scratch: str, inbox: str) -> dict[str, dict[str, Any]
 
     rels = [os.path.relpath(p, scratch) for p, _ in job.outs]
     hashed = Hasher(scratch).hash_many(rels)
-    box = ObjectCache(inbox)
+    box = ObjectCache(inbox, failed_links=_failed_links.setdefault(("upload", os.path.dirname(inbox)), set()))
     box.durable = False  # the coordinator re-hashes every byte it takes from here; a crash loses the run anyway
     manifest: dict[str, dict[str, Any]] = {}
     for rel, entry in hashed.items():

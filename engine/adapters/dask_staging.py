@@ -37,6 +37,7 @@ class Staging:
         self.run_id = run_id
         self.store = ObjectCache(self.root)
         self.incoming = os.path.join(self.root, "incoming")
+        self._inbox_links: set[str] = set()  # link types that fail from the inbox: learned once, not per stage
         self._lock = threading.Lock()  # ObjectCache names its temp files by pid: one writer thread at a time
         try:
             os.makedirs(self.incoming, exist_ok=True)
@@ -66,7 +67,7 @@ class Staging:
         extra = sorted(set(outs) - declared)
         if extra:
             return f"worker {worker} returned outputs the stage does not declare: {', '.join(extra[:5])}; refused"
-        box = ObjectCache(os.path.abspath(self.inbox(key)))
+        box = ObjectCache(os.path.abspath(self.inbox(key)), failed_links=self._inbox_links)
         placed: list[str] = []
         try:
             for rel, rec in sorted(outs.items()):

@@ -109,13 +109,15 @@ class ObjectCache:
     """Write-once content-addressed storage with workspace linking."""
 
     def __init__(self, root: str, *, link_types: Sequence[str] = DEFAULT_LINK_TYPES,
-                 state: StateStore | None = None) -> None:
+                 state: StateStore | None = None, failed_links: set[str] | None = None) -> None:
         bad = [t for t in link_types if t not in LINK_TYPES]
         if bad or not link_types:
             raise CacheError(f"cache link types {list(link_types)}: expected a list drawn from {LINK_TYPES}")
         self.root = root
         self.link_types = tuple(link_types)
-        self._broken: set[str] = set()  # link types that failed here once
+        # link types that failed here once; ``failed_links`` shares what earlier caches on the same file
+        # systems learned (a failed reflink costs ~1 ms a file to learn again)
+        self._broken: set[str] = failed_links if failed_links is not None else set()
         self.state = state
         self.verify = True  # only benchmarks turn this off, to measure what verification costs
         self.durable = True  # False: no fsync per object (a scratch area whose reader re-hashes every byte)
