@@ -329,6 +329,42 @@ def test_attestation_signature_byte_changed(t: Signed) -> None:
     assert f"{where}: envelope digest " in text
 
 
+def test_an_attestation_the_signed_record_lists_is_covered_by_its_signature(t: Signed) -> None:
+    """Verify authenticates a stage attestation through the run record that lists its exact bytes (the record's
+    signature verified, the same key): its own signature is checked again only with --every-signature. Shown with
+    a record the trainer key itself re-signed over an attestation whose own signature is broken."""
+    run = t.runs()[-1]
+    lines = t.bundle(run)
+    env = json.loads(lines[0])
+    sig = bytearray(base64.b64decode(env["signatures"][0]["sig"]))
+    sig[5] ^= 0x01
+    env["signatures"][0]["sig"] = base64.b64encode(bytes(sig)).decode()
+    lines[0] = cj(env) + b"\n"
+    t.bundle_path(run).write_bytes(b"".join(lines))
+    entries = t.entries()
+    rec = payload(entries[-1])
+    assert rec["run_id"] == run
+    envelopes = [ln.rstrip(b"\n") for ln in lines]
+    by_stage = {stage_of(e): e for e in envelopes}
+    for a in rec["attestations"]:
+        a["sha256"] = sha256(by_stage[a["stage"]])
+    rec["merkle_root"] = attestation_root([by_stage[a["stage"]] for a in rec["attestations"]])
+    alice = t.signer("alice")
+    forged = sign_envelope(RUN_TYPE, cj(rec), [alice]).to_json_bytes()
+    origin = t.prov().open_ledger(create=False).origin
+    shutil.rmtree(t.ledger)
+    Ledger.open(t.ledger, origin=origin).append_many([*entries[:-1], forged], NoteSignerAdapter(alice, name=origin))
+    witness_path(EngineWorkspace.discover(str(t.root))).unlink(missing_ok=True)
+    rep = t.report()
+    assert rep["ok"], rep["failures"]
+    records = [payload(e) for e in [*entries[:-1], forged] if json.loads(e)["payloadType"] == RUN_TYPE]
+    listed = sum(len(r["attestations"]) for r in records)
+    assert rep["checked"]["signatures covered by their run record's"] == listed >= len(rec["attestations"])
+    text = t.verify_fails("--every-signature")
+    assert f"ledger entry {len(entries) - 1} (run {run}): attestation for stage '{stage_of(envelopes[0])}': " \
+           "signature keyid" in text, text
+
+
 def test_attestation_payload_type_changed(t: Signed) -> None:
     run0 = t.runs()[0]
     lines = t.bundle(run0)
