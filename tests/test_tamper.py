@@ -199,6 +199,15 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def broken_signature(line: bytes, at: int) -> bytes:
+    """An attestation bundle line with byte ``at`` of its first signature flipped."""
+    env = json.loads(line)
+    sig = bytearray(base64.b64decode(env["signatures"][0]["sig"]))
+    sig[at] ^= 0x01
+    env["signatures"][0]["sig"] = base64.b64encode(bytes(sig)).decode()
+    return cj(env) + b"\n"
+
+
 def stage_of(line: bytes) -> str:
     return payload(line)["predicate"]["buildDefinition"]["externalParameters"]["stage"]
 
@@ -317,11 +326,7 @@ def test_attestation_signature_byte_changed(t: Signed) -> None:
     run0 = t.runs()[0]
     lines = t.bundle(run0)
     assert stage_of(lines[1]) == "b"
-    env = json.loads(lines[1])
-    sig = bytearray(base64.b64decode(env["signatures"][0]["sig"]))
-    sig[10] ^= 0x01
-    env["signatures"][0]["sig"] = base64.b64encode(bytes(sig)).decode()
-    lines[1] = cj(env) + b"\n"
+    lines[1] = broken_signature(lines[1], 10)
     t.bundle_path(run0).write_bytes(b"".join(lines))
     text = t.verify_fails()
     where = f"ledger entry 1 (run {run0}): attestation for stage 'b'"
@@ -335,11 +340,7 @@ def test_an_attestation_the_signed_record_lists_is_covered_by_its_signature(t: S
     a record the trainer key itself re-signed over an attestation whose own signature is broken."""
     run = t.runs()[-1]
     lines = t.bundle(run)
-    env = json.loads(lines[0])
-    sig = bytearray(base64.b64decode(env["signatures"][0]["sig"]))
-    sig[5] ^= 0x01
-    env["signatures"][0]["sig"] = base64.b64encode(bytes(sig)).decode()
-    lines[0] = cj(env) + b"\n"
+    lines[0] = broken_signature(lines[0], 5)
     t.bundle_path(run).write_bytes(b"".join(lines))
     entries = t.entries()
     rec = payload(entries[-1])
@@ -788,11 +789,7 @@ def test_repro_on_a_torn_ledger_refuses_before_running_stages(t: Signed) -> None
 def test_forked_and_serial_verify_report_the_same(t: Signed) -> None:
     runs = t.runs()
     lines = t.bundle(runs[1])  # a signature byte of an attestation in run 1
-    env = json.loads(lines[0])
-    sig = bytearray(base64.b64decode(env["signatures"][0]["sig"]))
-    sig[3] ^= 0x01
-    env["signatures"][0]["sig"] = base64.b64encode(bytes(sig)).decode()
-    lines[0] = cj(env) + b"\n"
+    lines[0] = broken_signature(lines[0], 3)
     t.bundle_path(runs[1]).write_bytes(b"".join(lines))
     cps = (t.ledger / "checkpoints.jsonl").read_bytes().splitlines(keepends=True)
     cps[1] = cps[1].replace(b"\\n\\n", b"\\n\\nx", 1)  # the 2nd historical checkpoint's signature block
