@@ -189,13 +189,11 @@ class DaskExecutor:
             return
         from engine.adapters.dask_runner import mark_name
 
-        waiting = [None, job, out, attempt]
-        with self._lock:
-            self._waiting[mark_name(key) + ".json"] = waiting
         fut = self.client.submit(run_stage, payload, *args, key=key, pure=False, retries=0,
                                  resources=dict(job.resources) or None)
-        waiting[0] = fut
         with self._lock:
+            # a result file that arrives before this is left to Dask's "finished" (the callback below)
+            self._waiting[mark_name(key) + ".json"] = [fut, job, out, attempt]
             self._pending[key] = fut
             # Releasing a handled future is a message to the scheduler; sent just after this submit, it
             # cannot hold the next stage's submit back in the client's batch (see _connect).
@@ -210,7 +208,7 @@ class DaskExecutor:
     def _on_file(self, name: str) -> None:
         """From the watch thread: a runner's result file arrived (see _left_result)."""
         waiting = self._settle(name)
-        if waiting is not None and waiting[0] is not None:
+        if waiting is not None:
             self._post_or_stop(waiting[2], waiting[1], self._from_file, name, *waiting)
 
     def _hand_over(self, fut: Any, job: StageJob, out: Future[JobResult], attempt: int) -> None:
