@@ -502,3 +502,28 @@ def test_dir_watch_reports_files_renamed_in_and_only_those(tmp_path: Path) -> No
     finally:
         w.close()
     assert not any(t.name == "certus-dir-watch" and t.is_alive() for t in threading.enumerate())
+
+
+def test_staged_mode_moves_directory_outputs_and_a_dep_inside_one(ws: Any, addr: str, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A directory output travels through the store file by file (each verified) and a downstream stage that
+    depends on one file inside it fetches just that; the lock is the local executor's."""
+    ws.write("mk.py", "import os,sys\nos.makedirs(sys.argv[1],exist_ok=True)\n"
+                      "[open(f'{sys.argv[1]}/f{i}.txt','w').write(str(i)) for i in range(3)]\n")
+    ws.write("use.py", "import sys\nopen(sys.argv[2],'w').write('got ' + open(sys.argv[1]).read())\n")
+    ws.write("conf/config.yaml", "certus:\n  pipeline: p\n")
+    ws.write("pipelines/p.yaml", """\
+        stages:
+          mk: {cmd: python mk.py d, deps: [mk.py], outs: [d]}
+          use: {cmd: python use.py d/f1.txt u.txt, deps: [use.py, d/f1.txt], outs: [u.txt]}
+    """)
+    ws.commit("dirs")
+    _configure(ws, kind="dask", mode="staged", store=str(tmp_path / "store"), scheduler=addr)
+    assert ws.certus("repro") == 0, _err(capsys)
+    assert ws.read("u.txt") == "got 1"
+    assert sorted(p.name for p in (ws.root / "d").iterdir()) == ["f0.txt", "f1.txt", "f2.txt"]
+    lock = ws.lock()
+    assert lock["stages"]["mk"]["outs"]["d"]["kind"] == "dir" and lock["stages"]["mk"]["outs"]["d"]["nfiles"] == 3
+    staged_lock = (ws.root / "certus.lock").read_bytes()
+    assert ws.certus("repro", "-f", "--no-run-cache", "--executor", "local") == 0
+    assert (ws.root / "certus.lock").read_bytes() == staged_lock

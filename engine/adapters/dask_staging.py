@@ -20,10 +20,10 @@ import threading
 from typing import Any
 
 from engine.core.digest import Digest
-from engine.errors import EngineError, ExecutorError
+from engine.errors import EngineError, ExecutorError, HashMismatchError
 from engine.run.executor import StageJob
 from engine.store.cache import ObjectCache, remove_path
-from engine.store.hashing import Hasher
+from engine.store.hashing import Entry, Hasher
 
 __all__ = ["Staging"]
 
@@ -85,13 +85,21 @@ class Staging:
                     raise _Refused(f"the upload of output '{rel}' by worker {worker} does not match the digest it "
                                    f"claimed ({digest}): {e}; refused, nothing of this stage was kept") from None
                 placed.append(rel)
-            hashed = Hasher(self.workspace).hash_many(placed)
+            # a directory's entry needs its file list; a file's is its verified digest, and the store
+            # re-hashes every byte it copies, so a file changed since it was placed is caught there
+            dirs = [rel for rel in placed if outs[rel].get("kind") == "dir"]
+            hashed = Hasher(self.workspace).hash_many(dirs) if dirs else {}
             with self._lock:  # downstream stages fetch them from the store
                 for rel in placed:
-                    entry = hashed[rel]
-                    if entry is None or str(entry.digest) != str(outs[rel]["digest"]):
+                    digest = Digest.parse(str(outs[rel]["digest"]))
+                    entry = hashed.get(rel) if rel in dirs else Entry(
+                        digest, os.path.getsize(os.path.join(self.workspace, rel)))
+                    if entry is None or entry.digest != digest:
                         raise _Refused(f"output '{rel}' changed after it was verified; refused")
-                    self.store.add(self.workspace, rel, entry)
+                    try:
+                        self.store.add(self.workspace, rel, entry)
+                    except HashMismatchError:
+                        raise _Refused(f"output '{rel}' changed after it was verified; refused") from None
         except _Refused as e:
             for rel in placed:
                 remove_path(os.path.join(self.workspace, rel))
