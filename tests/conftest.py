@@ -157,6 +157,19 @@ DIAMOND = f"""\
 """
 
 
+def init_diamond(root: Path, gitignore: str, conf: str = DIAMOND_CONF) -> Workspace:
+    """A git-initialised (not yet committed) diamond workspace at ``root``, for module-scoped templates."""
+    w = Workspace(root)
+    w.root.mkdir()
+    w.write("step.py", STEP)
+    w.write(".gitignore", gitignore)
+    w.write("conf/config.yaml", conf)
+    w.write("pipelines/p.yaml", DIAMOND)
+    w.write("in.txt", "input v1\n")
+    subprocess.run(["git", "init", "-q"], cwd=w.root, check=True)
+    return w
+
+
 @pytest.fixture
 def diamond(ws: Workspace) -> Workspace:
     ws.write("conf/config.yaml", DIAMOND_CONF)

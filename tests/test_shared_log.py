@@ -283,12 +283,18 @@ def test_git_workspace_that_is_not_a_repo_is_named(tmp_path):
         assert not isinstance(e.value, Unreachable)
 
 
+def _committed(be: GitBackend, name: str, text: str, message: str) -> Path:
+    """The backend's workspace with one file committed on its branch."""
+    ws = Path(be.workspace())
+    (ws / name).write_text(text)
+    _git(ws, "add", name)
+    _git(ws, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message)
+    return ws
+
+
 def test_git_never_touches_head_index_worktree_or_branches(tmp_path):
     be = GitBackend(tmp_path)
-    ws = Path(be.workspace())
-    (ws / "a.txt").write_text("a\n")
-    _git(ws, "add", "a.txt")
-    _git(ws, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    ws = _committed(be, "a.txt", "a\n", "one")
     (ws / "a.txt").write_text("edited\n")
     (ws / "b.txt").write_text("staged\n")
     _git(ws, "add", "b.txt")
@@ -356,10 +362,7 @@ def test_git_killed_while_holding_the_ref_lock_is_reported_in_one_line(tmp_path)
 
 def test_git_malformed_ref_is_named(tmp_path):
     be = GitBackend(tmp_path)
-    ws = Path(be.workspace())
-    (ws / "f").write_text("x\n")
-    _git(ws, "add", "f")
-    _git(ws, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "not a ledger")
+    ws = _committed(be, "f", "x\n", "not a ledger")
     _git(ws, "push", "-q", "origin", f"HEAD:{LEDGER_REF}")
     with pytest.raises(SharedLogError, match=r"refs/certus/ledger at [0-9a-f]{12} is malformed"):
         be.client().read()

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BIN, DIAMOND, DIAMOND_CONF, STEP, Workspace
+from conftest import BIN, init_diamond
 
 from engine.adapters.keys import load_signer
 from engine.cli.main import main
@@ -72,14 +72,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("signed3")
     with pytest.MonkeyPatch.context() as mp:
         _env(mp, base)
-        w = Workspace(base / "ws")
-        w.root.mkdir()
-        w.write("step.py", STEP)
-        w.write(".gitignore", GITIGNORE)
-        w.write("conf/config.yaml", DIAMOND_CONF)
-        w.write("pipelines/p.yaml", DIAMOND)
-        w.write("in.txt", "input v1\n")
-        subprocess.run(["git", "init", "-q"], cwd=w.root, check=True)
+        w = init_diamond(base / "ws", GITIGNORE)
         _certus(w.root, "keys", "generate", "--name", "alice", "--role", "trainer")
         # admin too: trusting more keys once the ledger exists is a trust.changed record an admin key signs
         _certus(w.root, "keys", "trust", str(base / "home/keys/alice.pub"), "--role", "trainer", "--role", "ledger",

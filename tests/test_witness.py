@@ -13,11 +13,10 @@ import base64
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import BIN, DIAMOND, DIAMOND_CONF, STEP, SeedSigner, Workspace
+from conftest import BIN, SeedSigner, init_diamond
 
 from engine.adapters.keys import load_public_key, load_signer
 from engine.cli.main import main
@@ -209,14 +208,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("witness")
     with pytest.MonkeyPatch.context() as mp:
         _env(mp, base)
-        w = Workspace(base / "ws")
-        w.root.mkdir()
-        w.write("step.py", STEP)
-        w.write(".gitignore", GITIGNORE)
-        w.write("conf/config.yaml", DIAMOND_CONF)
-        w.write("pipelines/p.yaml", DIAMOND)
-        w.write("in.txt", "input v1\n")
-        subprocess.run(["git", "init", "-q"], cwd=w.root, check=True)
+        w = init_diamond(base / "ws", GITIGNORE)
         for name, role in (("alice", "trainer"), ("wit", "witness"), ("mallory", "ledger")):
             _ok(w.root, "keys", "generate", "--name", name, "--role", role)
         _ok(w.root, "keys", "trust", str(base / "home/keys/alice.pub"), "--role", "trainer", "--role", "ledger",

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from conftest import DIAMOND, STEP, Workspace
+from conftest import init_diamond
 from test_witness import GITIGNORE, _env, _ok, flip_base64
 
 from engine.adapters.keys import load_signer
@@ -43,14 +42,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("policy")
     with pytest.MonkeyPatch.context() as mp:
         _env(mp, base)
-        w = Workspace(base / "ws")
-        w.root.mkdir()
-        w.write("step.py", STEP)
-        w.write(".gitignore", GITIGNORE)
-        w.write("conf/config.yaml", CONF.format(policy=""))
-        w.write("pipelines/p.yaml", DIAMOND)
-        w.write("in.txt", "input v1\n")
-        subprocess.run(["git", "init", "-q"], cwd=w.root, check=True)
+        w = init_diamond(base / "ws", GITIGNORE, CONF.format(policy=""))
         for name, role in (("alice", "trainer"), ("w1", "witness"), ("w2", "witness"), ("mallory", "witness")):
             _ok(w.root, "keys", "generate", "--name", name, "--role", role)
         _ok(w.root, "keys", "trust", str(base / "home/keys/alice.pub"), "--role", "trainer", "--role", "ledger",
